@@ -1,0 +1,179 @@
+//! The classification pipeline: facts → identity → signals → rules →
+//! verdict. One entry point shared by every front door (serve, and later
+//! replay and explain), so they can never disagree.
+
+use crate::facts::Facts;
+use crate::identity::{Identity, IdentityStage};
+use crate::rules::{Outcome, RuleSet};
+use crate::signals::{Signals, SignalsStage};
+use crate::verdict::{Action, Class, Verdict};
+
+/// Everything the pipeline learned about one request, for callers that
+/// want more than the verdict (explain, shadow-rule metrics).
+#[derive(Debug)]
+pub struct Classification {
+    /// The identity stage's result.
+    pub identity: Identity,
+    /// The signals stage's result.
+    pub signals: Signals,
+    /// The rules stage's result.
+    pub outcome: Outcome,
+    /// The final verdict.
+    pub verdict: Verdict,
+}
+
+/// The compiled pipeline.
+#[derive(Debug, Default)]
+pub struct Classifier {
+    identity: IdentityStage,
+    signals: SignalsStage,
+    rules: RuleSet,
+}
+
+impl Classifier {
+    /// A pipeline with the given rules and no credential sources.
+    pub fn new(rules: RuleSet) -> Self {
+        Classifier {
+            identity: IdentityStage::default(),
+            signals: SignalsStage::default(),
+            rules,
+        }
+    }
+
+    /// Run every stage on one request.
+    pub fn classify(&self, facts: &Facts<'_>) -> Classification {
+        let identity = self.identity.identify(facts);
+        let signals = self.signals.observe(facts, &identity);
+        let mut outcome = self.rules.evaluate(facts, &identity, &signals);
+        let verdict = decide(&identity, &mut outcome, self.rules.bot_threshold());
+        Classification {
+            identity,
+            signals,
+            outcome,
+            verdict,
+        }
+    }
+}
+
+/// An explicit class from a rule wins; otherwise a score at or over the
+/// threshold makes `malicious_bot`; otherwise the identity decides.
+fn decide(identity: &Identity, outcome: &mut Outcome, bot_threshold: i32) -> Verdict {
+    let class = match outcome.class {
+        Some(class) => class,
+        None if outcome.score >= bot_threshold => Class::MaliciousBot,
+        None => identity.class(),
+    };
+    Verdict {
+        class,
+        score: outcome.score,
+        reasons: std::mem::take(&mut outcome.reasons),
+        action: outcome.action.unwrap_or(Action::Forward),
+        subject: identity.subject().cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Condition, Effect, Mode, Rule};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    fn rule(name: &str, when: Condition, effect: Effect, mode: Mode) -> Rule {
+        Rule {
+            name: Arc::from(name),
+            when,
+            effect,
+            mode,
+        }
+    }
+
+    fn run(classifier: &Classifier, path: &str, ua: Option<&str>) -> Classification {
+        let mut req = http::Request::builder().uri(path);
+        if let Some(ua) = ua {
+            req = req.header("user-agent", ua);
+        }
+        let (parts, ()) = req.body(()).unwrap().into_parts();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        classifier.classify(&Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH))
+    }
+
+    #[test]
+    fn no_rules_no_credentials_is_a_public_visitor() {
+        let c = run(&Classifier::default(), "/", Some("Mozilla/5.0"));
+        assert_eq!(c.verdict.class, Class::PublicVisitor);
+        assert_eq!(c.verdict.action, Action::Forward);
+        assert_eq!(c.verdict.score, 0);
+        assert!(c.verdict.reasons.is_empty());
+        assert_eq!(c.verdict.subject, None);
+    }
+
+    #[test]
+    fn score_threshold_explicit_class_and_shadow() {
+        let rules = RuleSet::new(
+            vec![
+                rule(
+                    "no-ua",
+                    Condition::UserAgentMissing,
+                    Effect {
+                        score: 60,
+                        ..Effect::default()
+                    },
+                    Mode::Enforce,
+                ),
+                rule(
+                    "admin-probe",
+                    Condition::PathPrefix("/admin".into()),
+                    Effect {
+                        score: 50,
+                        action: Some(Action::Deny),
+                        ..Effect::default()
+                    },
+                    Mode::Enforce,
+                ),
+                rule(
+                    "partner",
+                    Condition::PathPrefix("/partner".into()),
+                    Effect {
+                        class: Some(Class::ServiceClient),
+                        ..Effect::default()
+                    },
+                    Mode::Enforce,
+                ),
+                rule(
+                    "trial",
+                    Condition::Always,
+                    Effect {
+                        score: 1000,
+                        action: Some(Action::Tarpit),
+                        ..Effect::default()
+                    },
+                    Mode::Shadow,
+                ),
+            ],
+            100,
+        );
+        let classifier = Classifier::new(rules);
+
+        let c = run(&classifier, "/admin/x", None);
+        assert_eq!(c.verdict.class, Class::MaliciousBot);
+        assert_eq!(c.verdict.score, 110);
+        assert_eq!(c.verdict.action, Action::Deny);
+        let names: Vec<&str> = c.verdict.reasons.iter().map(|r| &**r).collect();
+        assert_eq!(names, ["no-ua", "admin-probe"]);
+        assert_eq!(&*c.outcome.shadow[0], "trial");
+
+        let c = run(&classifier, "/admin/x", Some("Mozilla/5.0"));
+        assert_eq!(c.verdict.class, Class::PublicVisitor, "50 < 100");
+        assert_eq!(c.verdict.action, Action::Deny);
+
+        let c = run(&classifier, "/partner", None);
+        assert_eq!(c.verdict.class, Class::ServiceClient, "explicit class wins");
+        assert_eq!(
+            c.verdict.action,
+            Action::Forward,
+            "shadow rule changes nothing"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The command line: flags turned into a validated [`Config`] once, then
+//! handed to the library. Exit codes: 0 ok, 1 runtime failure, 2 bad usage
+//! or invalid configuration.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::classify::Classifier;
+use crate::config::{Config, ConfigError, Upstream};
+use crate::server::{ServeError, Server};
+
+/// usher: a reverse-proxy sidecar that labels every request with who is
+/// knocking.
+#[derive(Debug, Parser)]
+#[command(
+    name = "usher",
+    version,
+    about = "Reverse-proxy sidecar that labels every request: public_visitor, \
+             registered_user, paying_customer, service_client or malicious_bot",
+    long_about = "usher stands in front of a web service, classifies every request \
+                  and forwards it with x-usher-class, x-usher-score, x-usher-reasons and \
+                  x-usher-subject headers. Metrics are served on the admin address.\n\n\
+                  Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid configuration.\n\
+                  Diagnostics go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy in front of the upstream until SIGTERM or SIGINT.
+    Serve(ServeArgs),
+    /// Validate a config file and exit: 0 if valid, 2 with file:line:column
+    /// diagnostics if not.
+    Check(CheckArgs),
+}
+
+/// Flags of `usher serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML). Without it usher runs on built-in defaults.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address for client traffic, overriding `listen` [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream URL, overriding `upstream` [default: http://127.0.0.1:3000].
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<Upstream>,
+    /// Address for /metrics, /healthz and /readyz, overriding `admin`
+    /// [default: 127.0.0.1:9090].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Worker threads [default: one per CPU].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+}
+
+/// Flags of `usher check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file to validate.
+    #[arg(short, long, value_name = "FILE", default_value = "usher.toml")]
+    pub config: PathBuf,
+}
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration is invalid (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The server failed to start (exit 1).
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The runtime could not be built (exit 1).
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => 2,
+            CliError::Serve(_) | CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Run a parsed command line and return the exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Check(args) => check(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("usher: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> Result<(), CliError> {
+    Config::load(&args.config)?;
+    println!("{}: ok", args.config.display());
+    Ok(())
+}
+
+/// The config `serve` runs with: file or defaults, then flag overrides.
+pub fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
+    let (mut config, source) = match &args.config {
+        Some(path) => (Config::load(path)?, path.display().to_string()),
+        None => (Config::default(), "<defaults>".to_owned()),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(upstream) = &args.upstream {
+        config.upstream = upstream.clone();
+    }
+    if let Some(admin) = args.admin {
+        config.admin = admin;
+    }
+    config.check_consistency(&format!("{source} with command-line overrides"))?;
+    Ok(config)
+}
+
+fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let config = serve_config(&args)?;
+    init_tracing();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = runtime.enable_all().build().map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        let server = Server::bind(config.clone(), Classifier::default()).await?;
+        tracing::info!(
+            proxy = %server.proxy_addr(),
+            admin = %server.admin_addr(),
+            upstream = %config.upstream,
+            "listening"
+        );
+        server.run(shutdown_signal()).await;
+        Ok(())
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop usher with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

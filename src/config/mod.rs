@@ -1,0 +1,407 @@
+//! Configuration: `usher.toml` read once into validated types. Every value is
+//! checked while it is deserialised, so each error names its key, file, line
+//! and column; unknown keys are errors.
+
+mod duration;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::{Deserialize, Deserializer};
+
+use crate::forwarded::{Cidr, ClientIpHeader, TrustedProxies};
+
+pub use duration::parse_duration;
+pub use upstream::Upstream;
+
+/// A configuration that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value is invalid.
+    #[error("{file}:{line}:{column}: {message}")]
+    Invalid {
+        /// The file (or `<inline>`).
+        file: String,
+        /// 1-based line of the offending key or value.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// Values that are valid alone but not together.
+    #[error("{file}: {message}")]
+    Inconsistent {
+        /// The file (or `<inline>`).
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration of one usher.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the proxy listens for clients.
+    pub listen: SocketAddr,
+    /// The service requests are forwarded to.
+    pub upstream: Upstream,
+    /// Where the admin endpoints (`/metrics`, `/healthz`, `/readyz`) listen.
+    pub admin: SocketAddr,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header trusted proxies put the client address in.
+    pub client_ip_header: ClientIpHeader,
+    /// Where the per-request access log goes.
+    pub access_log: AccessLog,
+    /// Rule files (globs, relative to the config file).
+    #[serde(deserialize_with = "rule_globs")]
+    pub rules: Vec<String>,
+    /// Names of the label headers.
+    pub labels: Labels,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Credential sources.
+    pub identity: IdentityConfig,
+    /// Per-client state.
+    pub state: StateConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            upstream: Upstream::default(),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            trusted_proxies: Vec::new(),
+            client_ip_header: ClientIpHeader::default(),
+            access_log: AccessLog::default(),
+            rules: Vec::new(),
+            labels: Labels::default(),
+            timeouts: Timeouts::default(),
+            identity: IdentityConfig::default(),
+            state: StateConfig::default(),
+        }
+    }
+}
+
+/// Where access log lines go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// One JSON line per request on standard output.
+    #[default]
+    Stdout,
+    /// No access log.
+    Off,
+}
+
+/// Label header names; client-sent headers with these names or the prefix
+/// are removed before classification.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Labels {
+    /// Every incoming header starting with this prefix is removed.
+    #[serde(deserialize_with = "label_prefix")]
+    pub prefix: String,
+    /// Carries the class.
+    #[serde(deserialize_with = "header_name")]
+    pub class: HeaderName,
+    /// Carries the bot score.
+    #[serde(deserialize_with = "header_name")]
+    pub score: HeaderName,
+    /// Carries the names of the rules that took effect.
+    #[serde(deserialize_with = "header_name")]
+    pub reasons: HeaderName,
+    /// Carries the verified subject or client id.
+    #[serde(deserialize_with = "header_name")]
+    pub subject: HeaderName,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Labels {
+            prefix: "x-usher-".to_owned(),
+            class: HeaderName::from_static("x-usher-class"),
+            score: HeaderName::from_static("x-usher-score"),
+            reasons: HeaderName::from_static("x-usher-reasons"),
+            subject: HeaderName::from_static("x-usher-subject"),
+        }
+    }
+}
+
+/// How long usher waits for each step of a request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// A client must send a complete request head within this time.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub header_read: Duration,
+    /// Connecting to the upstream.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub connect: Duration,
+    /// From sending a request to the upstream's response head.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub response_header: Duration,
+    /// How long an idle pooled upstream connection is kept.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub upstream_idle: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header_read: Duration::from_secs(10),
+            connect: Duration::from_secs(2),
+            response_header: Duration::from_secs(60),
+            upstream_idle: Duration::from_secs(90),
+            shutdown: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Credential sources. None are supported yet, so the table must be empty.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {}
+
+/// Per-client state. Nothing is configurable yet, so the table must be empty.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(text, file, String::new(), &e))
+            .and_then(|de| {
+                serde_path_to_error::deserialize(de)
+                    .map_err(|e| invalid(text, file, e.path().to_string(), e.inner()))
+            })?;
+        config.check_consistency(file)?;
+        Ok(config)
+    }
+
+    /// Checks between keys, after each key is valid on its own.
+    pub fn check_consistency(&self, file: &str) -> Result<(), ConfigError> {
+        let inconsistent = |message: String| ConfigError::Inconsistent {
+            file: file.to_owned(),
+            message,
+        };
+        if self.listen == self.admin {
+            return Err(inconsistent(format!(
+                "`listen` and `admin` are both {}; they must differ",
+                self.listen
+            )));
+        }
+        let l = &self.labels;
+        let names = [&l.class, &l.score, &l.reasons, &l.subject];
+        for (i, a) in names.iter().enumerate() {
+            if names[i + 1..].contains(a) {
+                return Err(inconsistent(format!(
+                    "labels: header `{a}` is used for two labels"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The trusted proxies, ready to resolve client addresses.
+    pub fn trusted_proxies(&self) -> TrustedProxies {
+        TrustedProxies::new(self.trusted_proxies.clone(), self.client_ip_header)
+    }
+}
+
+/// Turn a TOML error into `file:line:column: key: message`.
+fn invalid(text: &str, file: &str, key: String, err: &toml::de::Error) -> ConfigError {
+    let (line, column) = err
+        .span()
+        .map(|span| line_column(text, span.start))
+        .unwrap_or((1, 1));
+    let key = if key.is_empty() || key == "?" {
+        String::new()
+    } else {
+        format!("`{key}`: ")
+    };
+    ConfigError::Invalid {
+        file: file.to_owned(),
+        line,
+        column,
+        message: format!("{key}{}", err.message().trim_end()),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
+    let s = String::deserialize(d)?;
+    HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a valid header name")))
+}
+
+fn label_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.len() < 2 || HeaderName::from_bytes(s.as_bytes()).is_err() {
+        return Err(serde::de::Error::custom(format!(
+            "`{s}` is not a usable header prefix (at least two header-name characters)"
+        )));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+fn rule_globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let globs = Vec::<String>::deserialize(d)?;
+    if !globs.is_empty() {
+        return Err(serde::de::Error::custom(
+            "rule files are not supported by this version of usher; leave `rules` empty",
+        ));
+    }
+    Ok(globs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "usher.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = Config::parse("", "usher.toml").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.admin, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.upstream.to_string(), "http://127.0.0.1:3000");
+        assert_eq!(c.access_log, AccessLog::Stdout);
+        assert_eq!(c.labels.class, "x-usher-class");
+        assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+listen = "0.0.0.0:8081"
+upstream = "http://app.internal:3000/"
+admin = "127.0.0.1:9191"
+trusted_proxies = ["10.0.0.0/8", "192.168.1.1"]
+client_ip_header = "forwarded"
+access_log = "off"
+rules = []
+[labels]
+prefix = "X-Bot-"
+class = "X-Bot-Class"
+[timeouts]
+header_read = "5s"
+connect = "250ms"
+response_header = "1.5s"
+upstream_idle = "2m"
+shutdown = "1h"
+[identity]
+[state]
+"#,
+            "usher.toml",
+        )
+        .unwrap();
+        assert_eq!(c.upstream.to_string(), "http://app.internal:3000");
+        assert_eq!(c.labels.prefix, "x-bot-");
+        assert_eq!(c.labels.class, "x-bot-class");
+        assert_eq!(c.client_ip_header, ClientIpHeader::Forwarded);
+        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.timeouts.response_header, Duration::from_millis(1500));
+        assert_eq!(c.timeouts.shutdown, Duration::from_secs(3600));
+        assert!(c.trusted_proxies().trusts(&"192.168.1.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let e = err("listen = \"127.0.0.1:1\"\nlisten_port = 3\n");
+        assert!(e.starts_with("usher.toml:2:1:"), "{e}");
+        assert!(e.contains("listen_port"), "{e}");
+        let e = err("[timeouts]\nconect = \"1s\"\n");
+        assert!(e.starts_with("usher.toml:2:1:"), "{e}");
+        assert!(e.contains("conect"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_key_and_line() {
+        for (text, key, line) in [
+            ("listen = \"nope\"", "listen", 1),
+            ("\nupstream = \"ftp://x\"", "upstream", 2),
+            (
+                "trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/99\"]",
+                "trusted_proxies",
+                1,
+            ),
+            ("[timeouts]\n\nconnect = \"soon\"", "timeouts.connect", 3),
+            ("[timeouts]\nconnect = \"0s\"", "timeouts.connect", 2),
+            ("[labels]\nclass = \"bad header\"", "labels.class", 2),
+            ("access_log = \"syslog\"", "access_log", 1),
+            ("client_ip_header = \"x-real-ip\"", "client_ip_header", 1),
+            ("listen = 8080", "listen", 1),
+            ("rules = [\"rules/*.toml\"]", "rules", 1),
+        ] {
+            let e = err(text);
+            assert!(e.starts_with(&format!("usher.toml:{line}:")), "{text}: {e}");
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = err("listen = \"127.0.0.1:1\"\n[timeouts\n");
+        assert!(e.starts_with("usher.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_values_are_rejected() {
+        let e = err("listen = \"127.0.0.1:7000\"\nadmin = \"127.0.0.1:7000\"");
+        assert!(e.contains("must differ"), "{e}");
+        let e = err("[labels]\nscore = \"x-usher-class\"");
+        assert!(e.contains("two labels"), "{e}");
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncé=", 6), (2, 3));
+        assert_eq!(line_column("ab\ncé=", 5), (2, 2), "inside a character");
+        assert_eq!(line_column("", 10), (1, 1));
+    }
+}

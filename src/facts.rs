@@ -1,0 +1,101 @@
+//! Facts stage: what a request says about itself, read once and borrowed by
+//! every later stage (no copies of headers or paths).
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use http::{HeaderMap, Method, header};
+
+/// The observable facts of one request.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The path, as sent (not yet normalised).
+    pub path: &'a str,
+    /// The query string without `?`, if any.
+    pub query: Option<&'a str>,
+    /// The `Host` header, or the URI authority for HTTP/2.
+    pub host: Option<&'a str>,
+    /// All request headers, after usher's own labels were stripped.
+    pub headers: &'a HeaderMap,
+    /// The `User-Agent` header, if present and valid UTF-8.
+    pub user_agent: Option<&'a str>,
+    /// The client address: the peer, or what trusted proxies reported.
+    pub client_ip: IpAddr,
+    /// The socket peer's address.
+    pub peer_ip: IpAddr,
+    /// The time of the request: the wall clock live, the log's in a replay.
+    pub now: SystemTime,
+}
+
+impl<'a> Facts<'a> {
+    /// Collect the facts of a request head.
+    pub fn new(
+        parts: &'a http::request::Parts,
+        peer_ip: IpAddr,
+        client_ip: IpAddr,
+        now: SystemTime,
+    ) -> Self {
+        let headers = &parts.headers;
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+        Facts {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            host,
+            headers,
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok()),
+            client_ip,
+            peer_ip,
+            now,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn reads_head_without_copying() {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/a/b?x=1")
+            .header("host", "example.com")
+            .header("user-agent", "curl/8")
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+        assert_eq!(facts.method, Method::POST);
+        assert_eq!(facts.path, "/a/b");
+        assert_eq!(facts.query, Some("x=1"));
+        assert_eq!(facts.host, Some("example.com"));
+        assert_eq!(facts.user_agent, Some("curl/8"));
+    }
+
+    #[test]
+    fn non_utf8_user_agent_is_absent_and_authority_is_host() {
+        let mut req = http::Request::builder()
+            .uri("http://h2.example/x")
+            .body(())
+            .unwrap();
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_bytes(b"\xffbot").unwrap(),
+        );
+        let (parts, ()) = req.into_parts();
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+        assert_eq!(facts.user_agent, None);
+        assert_eq!(facts.host, Some("h2.example"));
+    }
+}

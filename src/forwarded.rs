@@ -1,0 +1,326 @@
+//! Client address: the socket peer, or — when the peer is a trusted proxy —
+//! the first untrusted hop of `X-Forwarded-For` or `Forwarded`, walked from
+//! the right. Malformed entries end the walk; they never panic or allocate.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use http::HeaderMap;
+use http::header::FORWARDED;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The `X-Forwarded-For` header name.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// A network in `trusted_proxies`: a CIDR block or a bare address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr(IpNet);
+
+impl Cidr {
+    /// Whether `ip` lies inside this block.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR block"))
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which header trusted proxies report the client address in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// The proxies whose forwarding headers are believed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Vec<Cidr>,
+    header: ClientIpHeader,
+}
+
+impl TrustedProxies {
+    /// Trust `nets`, reading the client address from `header`.
+    pub fn new(nets: Vec<Cidr>, header: ClientIpHeader) -> Self {
+        TrustedProxies { nets, header }
+    }
+
+    /// Whether a connection from `ip` may report the client's address.
+    pub fn trusts(&self, ip: &IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(ip))
+    }
+
+    /// The client address of a request that arrived from `peer`.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !self.trusts(&peer) {
+            return peer;
+        }
+        match self.header {
+            ClientIpHeader::XForwardedFor => {
+                let hops = headers
+                    .get_all(X_FORWARDED_FOR)
+                    .iter()
+                    .rev()
+                    .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+                    .map(parse_xff_entry);
+                self.walk(peer, hops)
+            }
+            ClientIpHeader::Forwarded => {
+                let hops = headers
+                    .get_all(FORWARDED)
+                    .iter()
+                    .rev()
+                    .flat_map(|v| split_unquoted(v.as_bytes(), b',').rev())
+                    .map(parse_forwarded_element);
+                self.walk(peer, hops)
+            }
+        }
+    }
+
+    /// From a trusted `peer`, step left through `hops` (rightmost first)
+    /// while the current address is trusted. A malformed hop stops the walk
+    /// at the last address a trusted proxy vouched for.
+    fn walk(&self, peer: IpAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> IpAddr {
+        let mut client = peer;
+        for hop in hops {
+            if !self.trusts(&client) {
+                break;
+            }
+            match hop {
+                Some(ip) => client = ip.to_canonical(),
+                None => break,
+            }
+        }
+        client
+    }
+}
+
+/// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1` or
+/// `[2001:db8::1]:80`, with optional surrounding blanks.
+fn parse_xff_entry(raw: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(raw).ok()?.trim_matches([' ', '\t']);
+    parse_node(s)
+}
+
+/// An address with an optional port, IPv6 optionally in brackets.
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        return addr.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let (addr, port) = s.rsplit_once(':')?;
+    if !is_port(port) {
+        return None;
+    }
+    addr.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+fn is_port(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 5 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The `for=` node of one RFC 7239 element (`for=1.2.3.4;proto=https`).
+/// Obfuscated identifiers and `unknown` are not addresses.
+fn parse_forwarded_element(element: &[u8]) -> Option<IpAddr> {
+    let element = std::str::from_utf8(element).ok()?;
+    for pair in element.split(';') {
+        let (name, value) = pair.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("for") {
+            continue;
+        }
+        let value = value.trim();
+        let value = match value.strip_prefix('"') {
+            Some(quoted) => quoted.strip_suffix('"')?,
+            None => value,
+        };
+        return parse_node(value);
+    }
+    None
+}
+
+/// Split on `sep` outside double quotes (RFC 7230 quoted-string).
+fn split_unquoted(s: &[u8], sep: u8) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in s.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            _ if b == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts.into_iter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn proxies(nets: &[&str], header: ClientIpHeader) -> TrustedProxies {
+        TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect(), header)
+    }
+
+    fn headers(name: &str, values: &[&[u8]]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let p = proxies(&["10.0.0.0/8"], ClientIpHeader::XForwardedFor);
+        let h = headers(X_FORWARDED_FOR, &[b"1.1.1.1"]);
+        assert_eq!(p.client_ip(ip("203.0.113.9"), &h), ip("203.0.113.9"));
+        let none = TrustedProxies::default();
+        assert_eq!(none.client_ip(ip("10.1.1.1"), &h), ip("10.1.1.1"));
+    }
+
+    #[test]
+    fn walks_xff_right_to_left_skipping_trusted_hops() {
+        let p = proxies(
+            &["10.0.0.0/8", "192.168.1.1"],
+            ClientIpHeader::XForwardedFor,
+        );
+        let h = headers(
+            X_FORWARDED_FOR,
+            &[b"6.6.6.6, 198.51.100.7", b"192.168.1.1 , 10.2.3.4"],
+        );
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn all_trusted_chain_yields_leftmost() {
+        let p = proxies(&["10.0.0.0/8"], ClientIpHeader::XForwardedFor);
+        let h = headers(X_FORWARDED_FOR, &[b"10.9.9.9,10.8.8.8"]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.9.9.9"));
+        let empty = HeaderMap::new();
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &empty), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn malformed_entry_stops_at_last_vouched_address() {
+        let p = proxies(&["10.0.0.0/8"], ClientIpHeader::XForwardedFor);
+        for bad in [
+            &b"1.1.1.1, garbage"[..],
+            b"1.1.1.1,",
+            b"1.1.1.1, 10.0.0.9:99999999",
+            b"1.1.1.1, [::1",
+            b"\xff\xfe",
+            b",,,,",
+            b"1.1.1.1, 999.1.1.1",
+        ] {
+            let h = headers(X_FORWARDED_FOR, &[bad]);
+            let got = p.client_ip(ip("10.0.0.1"), &h);
+            assert!(p.trusts(&got), "{bad:?} gave {got}");
+        }
+        // Garbage to the left of an untrusted hop is never reached.
+        let h = headers(X_FORWARDED_FOR, &[b"garbage, 8.8.8.8"]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("8.8.8.8"));
+    }
+
+    #[test]
+    fn xff_entries_with_ports_and_brackets() {
+        let p = proxies(&["10.0.0.0/8"], ClientIpHeader::XForwardedFor);
+        for (entry, want) in [
+            (&b"198.51.100.7:4711"[..], "198.51.100.7"),
+            (b"[2001:db8::7]:443", "2001:db8::7"),
+            (b"2001:db8::7", "2001:db8::7"),
+            (b"  \t198.51.100.7 ", "198.51.100.7"),
+            (b"::ffff:198.51.100.7", "198.51.100.7"),
+        ] {
+            let h = headers(X_FORWARDED_FOR, &[entry]);
+            assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip(want), "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_peer_is_matched_as_ipv4() {
+        let p = proxies(&["127.0.0.1"], ClientIpHeader::XForwardedFor);
+        let h = headers(X_FORWARDED_FOR, &[b"198.51.100.7"]);
+        assert_eq!(p.client_ip(ip("::ffff:127.0.0.1"), &h), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn forwarded_header_rfc7239() {
+        let p = proxies(&["10.0.0.0/8"], ClientIpHeader::Forwarded);
+        let h = headers(
+            "forwarded",
+            &[br#"for=6.6.6.6, for="[2001:db8:cafe::17]:4711";proto=https, For=10.1.1.1;by=10.0.0.1"#],
+        );
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("2001:db8:cafe::17"));
+        let h = headers("forwarded", &[b"for=unknown, for=10.1.1.1"]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.1.1.1"));
+        let h = headers("forwarded", &[br#"for="_hidden", proto=http"#]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        let h = headers("forwarded", &[br#"for="1.2.3.4,5.6.7.8""#]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        // With forwarded configured, X-Forwarded-For is not read at all.
+        let h = headers(X_FORWARDED_FOR, &[b"1.2.3.4"]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn cidr_parsing() {
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!("::1".parse::<Cidr>().unwrap().to_string(), "::1/128");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("example.com".parse::<Cidr>().is_err());
+    }
+}

@@ -1,0 +1,23 @@
+//! usher: a reverse-proxy sidecar that decides, for every request, who is
+//! knocking — and tells the upstream in headers.
+//!
+//! The modules follow the flow of one request:
+//! [`facts`] → [`identity`] → [`signals`] → [`rules`] → [`verdict`], run by
+//! [`classify`]; [`proxy`] carries the request upstream and back; [`server`]
+//! accepts connections; [`admin`] and [`metrics`] report; [`config`] and
+//! [`cli`] turn files and flags into a validated configuration.
+
+pub mod access_log;
+pub mod admin;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod facts;
+pub mod forwarded;
+pub mod identity;
+pub mod metrics;
+pub mod proxy;
+pub mod rules;
+pub mod server;
+pub mod signals;
+pub mod verdict;

@@ -1,0 +1,280 @@
+//! Prometheus metrics: one registry per process, with the handles the hot
+//! path needs resolved once at start (no label lookups per request).
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::verdict::{Action, Class};
+
+/// Why a request could not be served by the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// The upstream refused the connection (or could not be reached).
+    Refused,
+    /// Connecting took longer than `timeouts.connect`.
+    ConnectTimeout,
+    /// The response head took longer than `timeouts.response_header`.
+    ResponseTimeout,
+    /// The connection closed or reset before a response head.
+    Reset,
+    /// The upstream sent something that is not HTTP.
+    Protocol,
+    /// The response body broke off mid-stream.
+    Body,
+    /// Anything else.
+    Other,
+}
+
+impl UpstreamError {
+    /// Every kind, in a fixed order.
+    pub const ALL: [UpstreamError; 7] = [
+        UpstreamError::Refused,
+        UpstreamError::ConnectTimeout,
+        UpstreamError::ResponseTimeout,
+        UpstreamError::Reset,
+        UpstreamError::Protocol,
+        UpstreamError::Body,
+        UpstreamError::Other,
+    ];
+
+    /// The `kind` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::Refused => "refused",
+            UpstreamError::ConnectTimeout => "connect_timeout",
+            UpstreamError::ResponseTimeout => "response_timeout",
+            UpstreamError::Reset => "reset",
+            UpstreamError::Protocol => "protocol",
+            UpstreamError::Body => "body",
+            UpstreamError::Other => "other",
+        }
+    }
+
+    /// Whether the client should see 504 rather than 502.
+    pub const fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            UpstreamError::ConnectTimeout | UpstreamError::ResponseTimeout
+        )
+    }
+}
+
+/// All of usher's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: [[IntCounter; Action::ALL.len()]; Class::ALL.len()],
+    request_duration: [Histogram; Class::ALL.len()],
+    classify_duration: Histogram,
+    upstream_duration: Histogram,
+    upstream_errors: [IntCounter; UpstreamError::ALL.len()],
+    /// Client connections currently open.
+    pub connections_active: IntGauge,
+    /// Upgraded (WebSocket) tunnels currently open.
+    pub upgrades_active: IntGauge,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Buckets for whole requests and upstream latency, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Buckets for the classifier alone, in seconds.
+const CLASSIFY_BUCKETS: &[f64] = &[
+    0.000_000_5,
+    0.000_001,
+    0.000_002,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.001,
+    0.01,
+];
+
+impl Metrics {
+    /// Create and register every metric.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "usher_requests_total",
+                "Requests classified, by class and action.",
+            ),
+            &["class", "action"],
+        )?;
+        registry.register(Box::new(requests_vec.clone()))?;
+        let requests = Class::ALL.map(|class| {
+            Action::ALL
+                .map(|action| requests_vec.with_label_values(&[class.as_str(), action.as_str()]))
+        });
+
+        let duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "usher_request_duration_seconds",
+                "Time from receiving a request head to the end of the response, by class.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["class"],
+        )?;
+        registry.register(Box::new(duration_vec.clone()))?;
+        let request_duration = Class::ALL.map(|c| duration_vec.with_label_values(&[c.as_str()]));
+
+        let classify_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "usher_classify_duration_seconds",
+                "Time spent classifying one request.",
+            )
+            .buckets(CLASSIFY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(classify_duration.clone()))?;
+
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "usher_upstream_duration_seconds",
+                "Time from sending a request upstream to its response head.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+
+        let errors_vec = IntCounterVec::new(
+            Opts::new(
+                "usher_upstream_errors_total",
+                "Requests the upstream failed, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(errors_vec.clone()))?;
+        let upstream_errors =
+            UpstreamError::ALL.map(|k| errors_vec.with_label_values(&[k.as_str()]));
+
+        let connections_active = IntGauge::new(
+            "usher_connections_active",
+            "Client connections currently open.",
+        )?;
+        registry.register(Box::new(connections_active.clone()))?;
+
+        let upgrades_active = IntGauge::new(
+            "usher_upgrades_active",
+            "Upgraded connections (WebSocket) currently tunnelled.",
+        )?;
+        registry.register(Box::new(upgrades_active.clone()))?;
+
+        let access_log_dropped = IntCounter::new(
+            "usher_access_log_dropped_total",
+            "Access log lines dropped because standard output could not keep up.",
+        )?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "usher_build_info",
+                "Always 1; the version of the running usher.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+
+        Ok(Metrics {
+            registry,
+            requests,
+            request_duration,
+            classify_duration,
+            upstream_duration,
+            upstream_errors,
+            connections_active,
+            upgrades_active,
+            access_log_dropped,
+        })
+    }
+
+    /// Count one classified request.
+    pub fn count_request(&self, class: Class, action: Action) {
+        self.requests[class.index()][action.index()].inc();
+    }
+
+    /// Record how long a whole request took.
+    pub fn observe_request(&self, class: Class, took: Duration) {
+        self.request_duration[class.index()].observe(took.as_secs_f64());
+    }
+
+    /// Record how long classification took.
+    pub fn observe_classify(&self, took: Duration) {
+        self.classify_duration.observe(took.as_secs_f64());
+    }
+
+    /// Record how long the upstream took to answer with a head.
+    pub fn observe_upstream(&self, took: Duration) {
+        self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    /// Count one upstream failure.
+    pub fn count_upstream_error(&self, kind: UpstreamError) {
+        self.upstream_errors[kind as usize].inc();
+    }
+
+    /// The registry, for embedding more metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a metric family that
+        // failed to encode would be a programming error, so it is logged.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_label_combination_from_the_start() {
+        let m = Metrics::new().unwrap();
+        m.count_request(Class::MaliciousBot, Action::Deny);
+        m.count_upstream_error(UpstreamError::Reset);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains(r#"usher_requests_total{action="deny",class="malicious_bot"} 1"#));
+        assert!(
+            text.contains(r#"usher_requests_total{action="forward",class="public_visitor"} 0"#)
+        );
+        assert!(text.contains(r#"usher_upstream_errors_total{kind="reset"} 1"#));
+        assert!(text.contains(r#"usher_upstream_errors_total{kind="refused"} 0"#));
+        assert!(text.contains(r#"usher_build_info{version=""#));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("usher_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn upstream_error_index_matches_table() {
+        for (i, k) in UpstreamError::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i);
+        }
+    }
+}

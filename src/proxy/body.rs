@@ -1,0 +1,169 @@
+//! The response body usher sends: the upstream's, streamed frame by frame,
+//! or a small body of its own. When it ends (or the client goes away), the
+//! request's duration is recorded and its access log line written.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::access_log::{AccessLog, Record};
+use crate::metrics::{Metrics, UpstreamError};
+use crate::verdict::{Class, Verdict};
+
+/// What the access log needs beyond what metrics need.
+#[derive(Debug)]
+pub(crate) struct LogFields {
+    pub ts: SystemTime,
+    pub client_ip: IpAddr,
+    pub method: Method,
+    pub uri: Uri,
+    pub verdict: Verdict,
+}
+
+/// Records a request's outcome exactly once, when dropped.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+    started: Instant,
+    class: Class,
+    pub status: u16,
+    pub upstream: Option<Duration>,
+    pub error: Option<UpstreamError>,
+    log: Option<LogFields>,
+}
+
+impl Completion {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+        started: Instant,
+        class: Class,
+        log: Option<LogFields>,
+    ) -> Self {
+        Completion {
+            metrics,
+            access_log,
+            started,
+            class,
+            status: 0,
+            upstream: None,
+            error: None,
+            log,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let total = self.started.elapsed();
+        self.metrics.observe_request(self.class, total);
+        if self.error == Some(UpstreamError::Body) {
+            self.metrics.count_upstream_error(UpstreamError::Body);
+        }
+        if let Some(log) = self.log.take() {
+            let Verdict {
+                class,
+                score,
+                reasons,
+                action,
+                subject,
+            } = log.verdict;
+            self.access_log.log(Record {
+                ts: log.ts,
+                client_ip: log.client_ip,
+                method: log.method,
+                uri: log.uri,
+                status: self.status,
+                class,
+                score,
+                reasons,
+                action,
+                subject,
+                upstream: self.upstream,
+                total,
+                error: self.error.map(UpstreamError::as_str),
+            });
+        }
+    }
+}
+
+enum Inner {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+/// A response body that reports its request's completion.
+pub struct ProxyBody {
+    inner: Inner,
+    done: Option<Completion>,
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProxyBody")
+    }
+}
+
+impl ProxyBody {
+    pub(crate) fn upstream(body: Incoming, done: Completion) -> Self {
+        ProxyBody {
+            inner: Inner::Upstream(body),
+            done: Some(done),
+        }
+    }
+
+    pub(crate) fn local(body: &'static [u8], done: Option<Completion>) -> Self {
+        ProxyBody {
+            inner: Inner::Local(Some(Bytes::from_static(body))),
+            done,
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = match &mut this.inner {
+            Inner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Inner::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
+        };
+        match &frame {
+            None => this.done = None,
+            Some(Err(_)) => {
+                if let Some(done) = &mut this.done {
+                    done.error = Some(UpstreamError::Body);
+                }
+            }
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Local(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(body) => body.size_hint(),
+            Inner::Local(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The proxy: the phases of one request, in order — sanitize, classify,
+//! act, rewrite, send upstream, respond. Everything a request reads from
+//! configuration sits in one [`Settings`] behind an `ArcSwap`, so a reload
+//! swaps it whole and in-flight requests keep the one they started with.
+
+mod body;
+pub mod headers;
+pub mod upgrade;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HOST};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+pub use body::ProxyBody;
+use body::{Completion, LogFields};
+
+use crate::access_log::AccessLog;
+use crate::classify::Classifier;
+use crate::config::{Config, Labels, Upstream};
+use crate::facts::Facts;
+use crate::forwarded::TrustedProxies;
+use crate::metrics::{Metrics, UpstreamError};
+use crate::verdict::Action;
+
+/// Everything a request reads from configuration; replaced whole on reload.
+#[derive(Debug)]
+pub struct Settings {
+    /// The classification pipeline.
+    pub classifier: Classifier,
+    /// Whose forwarding headers are believed.
+    pub trusted: TrustedProxies,
+    /// Label header names.
+    pub labels: Labels,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// How long to wait for the upstream's response head.
+    pub response_timeout: Duration,
+}
+
+impl Settings {
+    /// Settings from a validated config and a compiled classifier.
+    pub fn new(config: &Config, classifier: Classifier) -> Self {
+        Settings {
+            classifier,
+            trusted: config.trusted_proxies(),
+            labels: config.labels.clone(),
+            upstream: config.upstream.clone(),
+            response_timeout: config.timeouts.response_header,
+        }
+    }
+}
+
+/// The reverse proxy shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    settings: ArcSwap<Settings>,
+    client: upstream::Client,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+}
+
+impl Proxy {
+    /// A proxy over an upstream connection pool.
+    pub fn new(
+        settings: Settings,
+        client: upstream::Client,
+        metrics: Arc<Metrics>,
+        access_log: AccessLog,
+    ) -> Self {
+        Proxy {
+            settings: ArcSwap::from_pointee(settings),
+            client,
+            metrics,
+            access_log,
+        }
+    }
+
+    /// Replace the settings; requests already running keep the old ones.
+    pub fn replace_settings(&self, settings: Settings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Serve one request from a client at `peer`.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let started = Instant::now();
+        let settings = self.settings.load_full();
+
+        // Sanitize: usher is the only author of its labels.
+        headers::strip_labels(req.headers_mut(), &settings.labels);
+        let upgrade = headers::is_upgrade_request(req.version(), req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+
+        // Classify.
+        let peer_ip = peer.ip().to_canonical();
+        let client_ip = settings.trusted.client_ip(peer_ip, &parts.headers);
+        let now = SystemTime::now();
+        let clock = Instant::now();
+        let verdict = settings
+            .classifier
+            .classify(&Facts::new(&parts, peer_ip, client_ip, now))
+            .verdict;
+        self.metrics.observe_classify(clock.elapsed());
+        self.metrics.count_request(verdict.class, verdict.action);
+        let (class, action) = (verdict.class, verdict.action);
+        headers::set_labels(&mut parts.headers, &settings.labels, &verdict);
+        let log = self.access_log.enabled().then(|| LogFields {
+            ts: now,
+            client_ip,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            verdict,
+        });
+        let mut done = Completion::new(
+            self.metrics.clone(),
+            self.access_log.clone(),
+            started,
+            class,
+            log,
+        );
+
+        // Act. `limit` has no quota to enforce until quotas are configured;
+        // `tarpit` answers like `deny`.
+        match action {
+            Action::Forward | Action::Limit => {}
+            Action::Deny | Action::Tarpit => {
+                return Ok(local(
+                    StatusCode::FORBIDDEN,
+                    br#"{"error":"forbidden"}"#,
+                    done,
+                ));
+            }
+        }
+        if parts.method == Method::CONNECT {
+            return Ok(local(
+                StatusCode::METHOD_NOT_ALLOWED,
+                br#"{"error":"method_not_allowed"}"#,
+                done,
+            ));
+        }
+
+        // Rewrite for the upstream.
+        let host = parts.headers.get(HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        let trusted_peer = settings.trusted.trusts(&peer_ip);
+        headers::set_forwarding(&mut parts.headers, peer_ip, trusted_peer, host.clone());
+        if let Some(host) = host
+            && !parts.headers.contains_key(HOST)
+        {
+            parts.headers.insert(HOST, host);
+        }
+        let Some(uri) = upstream_uri(&settings.upstream, &parts.uri) else {
+            return Ok(local(
+                StatusCode::BAD_REQUEST,
+                br#"{"error":"bad_request"}"#,
+                done,
+            ));
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+
+        // Send.
+        let sent = Instant::now();
+        let result = tokio::time::timeout(
+            settings.response_timeout,
+            self.client.request(Request::from_parts(parts, body)),
+        )
+        .await;
+        let mut response = match result {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => {
+                tracing::debug!(error = ?e, "upstream request failed");
+                return Ok(self.upstream_failed(upstream::error_kind(&e), done));
+            }
+            Err(_) => return Ok(self.upstream_failed(UpstreamError::ResponseTimeout, done)),
+        };
+        let took = sent.elapsed();
+        self.metrics.observe_upstream(took);
+        done.upstream = Some(took);
+
+        // Respond.
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(client_upgrade) = client_upgrade else {
+                return Ok(self.upstream_failed(UpstreamError::Protocol, done));
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            upgrade::tunnel(client_upgrade, upstream_upgrade, self.metrics.clone());
+        }
+        headers::strip_hop_by_hop(response.headers_mut(), switching);
+        done.status = response.status().as_u16();
+        Ok(response.map(|body| ProxyBody::upstream(body, done)))
+    }
+
+    fn upstream_failed(&self, kind: UpstreamError, mut done: Completion) -> Response<ProxyBody> {
+        self.metrics.count_upstream_error(kind);
+        done.error = Some(kind);
+        if kind.is_timeout() {
+            local(
+                StatusCode::GATEWAY_TIMEOUT,
+                br#"{"error":"gateway_timeout"}"#,
+                done,
+            )
+        } else {
+            local(StatusCode::BAD_GATEWAY, br#"{"error":"bad_gateway"}"#, done)
+        }
+    }
+}
+
+/// The request's path and query on the upstream's origin.
+fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::builder()
+        .scheme(upstream.scheme())
+        .authority(upstream.authority().clone())
+        .path_and_query(path)
+        .build()
+        .ok()
+}
+
+/// A short JSON answer of usher's own.
+fn local(status: StatusCode, body: &'static [u8], mut done: Completion) -> Response<ProxyBody> {
+    done.status = status.as_u16();
+    let mut response = Response::new(ProxyBody::local(body, Some(done)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

@@ -1,0 +1,139 @@
+//! Rules stage: the operator's ordered rules, each a condition over facts,
+//! identity and signals with effects on score, class and action.
+
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use crate::facts::Facts;
+use crate::identity::Identity;
+use crate::signals::Signals;
+use crate::verdict::{Action, Class};
+
+/// Whether a rule acts or only reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Matches take effect.
+    #[default]
+    Enforce,
+    /// Matches are counted and reported, with no effect on the verdict.
+    Shadow,
+}
+
+/// What a rule looks at.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Condition {
+    /// Every request.
+    Always,
+    /// The path starts with this prefix.
+    PathPrefix(String),
+    /// The request carries this header.
+    HeaderPresent(HeaderName),
+    /// The request has no usable `User-Agent`.
+    UserAgentMissing,
+}
+
+impl Condition {
+    fn matches(&self, facts: &Facts<'_>, _identity: &Identity, signals: &Signals) -> bool {
+        match self {
+            Condition::Always => true,
+            Condition::PathPrefix(prefix) => facts.path.starts_with(prefix.as_str()),
+            Condition::HeaderPresent(name) => facts.headers.contains_key(name),
+            Condition::UserAgentMissing => signals.user_agent_missing,
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effect {
+    /// Added to the bot score.
+    pub score: i32,
+    /// Sets the class outright.
+    pub class: Option<Class>,
+    /// Chooses the action.
+    pub action: Option<Action>,
+}
+
+/// One named rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// The name reported in `x-usher-reasons`, logs and metrics.
+    pub name: Arc<str>,
+    /// When it matches.
+    pub when: Condition,
+    /// What it does when it matches.
+    pub effect: Effect,
+    /// Enforced or shadow.
+    pub mode: Mode,
+}
+
+/// What the rules concluded about one request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outcome {
+    /// Sum of the scores of the enforced rules that matched.
+    pub score: i32,
+    /// The class set by the first enforced matching rule that sets one.
+    pub class: Option<Class>,
+    /// The action chosen by the first enforced matching rule that sets one.
+    pub action: Option<Action>,
+    /// Names of the enforced rules that matched, in order.
+    pub reasons: Vec<Arc<str>>,
+    /// Names of the shadow rules that matched, in order.
+    pub shadow: Vec<Arc<str>>,
+}
+
+/// The ordered rules and the score at which a request becomes a bot.
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    bot_threshold: i32,
+}
+
+impl Default for RuleSet {
+    fn default() -> Self {
+        RuleSet::new(Vec::new(), Self::DEFAULT_BOT_THRESHOLD)
+    }
+}
+
+impl RuleSet {
+    /// The bot score threshold when none is configured.
+    pub const DEFAULT_BOT_THRESHOLD: i32 = 100;
+
+    /// A rule set evaluated in the given order.
+    pub fn new(rules: Vec<Rule>, bot_threshold: i32) -> Self {
+        RuleSet {
+            rules,
+            bot_threshold,
+        }
+    }
+
+    /// The score at or over which a request is `malicious_bot`.
+    pub fn bot_threshold(&self) -> i32 {
+        self.bot_threshold
+    }
+
+    /// The rules, in evaluation order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Evaluate every rule against one request.
+    pub fn evaluate(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) -> Outcome {
+        let mut out = Outcome::default();
+        for rule in &self.rules {
+            if !rule.when.matches(facts, identity, signals) {
+                continue;
+            }
+            if rule.mode == Mode::Shadow {
+                out.shadow.push(rule.name.clone());
+                continue;
+            }
+            out.score = out.score.saturating_add(rule.effect.score);
+            out.class = out.class.or(rule.effect.class);
+            out.action = out.action.or(rule.effect.action);
+            out.reasons.push(rule.name.clone());
+        }
+        out
+    }
+}

@@ -1,0 +1,202 @@
+//! The server: binds the proxy and admin listeners, accepts connections
+//! (HTTP/1.1 and HTTP/2 with prior knowledge), and drains them on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::access_log::AccessLog;
+use crate::admin::{self, AdminState};
+use crate::classify::Classifier;
+use crate::config::{AccessLog as AccessLogMode, Config};
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, Settings, upstream};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// `proxy` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Metrics could not be registered.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The access log writer could not start.
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// A bound, not yet running, usher.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    proxy: Arc<Proxy>,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+    config: Config,
+}
+
+impl Server {
+    /// Bind both listeners and build the proxy.
+    pub async fn bind(config: Config, classifier: Classifier) -> Result<Server, ServeError> {
+        let listener = bind("proxy", config.listen).await?;
+        let admin_listener = bind("admin", config.admin).await?;
+        let metrics = Arc::new(Metrics::new()?);
+        let access_log = match config.access_log {
+            AccessLogMode::Stdout => AccessLog::stdout(metrics.access_log_dropped.clone())
+                .map_err(ServeError::AccessLog)?,
+            AccessLogMode::Off => AccessLog::off(metrics.access_log_dropped.clone()),
+        };
+        let proxy = Arc::new(Proxy::new(
+            Settings::new(&config, classifier),
+            upstream::client(&config.timeouts),
+            metrics.clone(),
+            access_log.clone(),
+        ));
+        Ok(Server {
+            listener,
+            admin_listener,
+            proxy,
+            metrics,
+            access_log,
+            config,
+        })
+    }
+
+    /// The address the proxy listens on (useful with port 0).
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// The address the admin endpoints listen on.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.config.admin)
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serve until `shutdown` resolves, then stop accepting and give
+    /// in-flight requests up to `timeouts.shutdown` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            admin_listener,
+            proxy,
+            metrics,
+            access_log,
+            config,
+        } = self;
+        let ready = Arc::new(AtomicBool::new(false));
+        let (stop_admin, admin_stopped) = watch::channel(false);
+        let admin_task = tokio::spawn(admin::serve(
+            admin_listener,
+            AdminState {
+                metrics: metrics.clone(),
+                ready: ready.clone(),
+            },
+            admin_stopped,
+        ));
+
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.timeouts.header_read);
+        http.http2().timer(TokioTimer::new());
+        let graceful = GracefulShutdown::new();
+
+        ready.store(true, Ordering::Relaxed);
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = proxy.clone();
+            let service = service_fn(move |req| proxy.clone().handle(req, peer));
+            let conn = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            let active = ActiveGuard::new(&metrics.connections_active);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                }
+                drop(active);
+            });
+        }
+
+        ready.store(false, Ordering::Relaxed);
+        drop(listener);
+        let grace = config.timeouts.shutdown;
+        tracing::info!(
+            ?grace,
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        match tokio::time::timeout(grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections drained"),
+            Err(_) => tracing::warn!(
+                open = metrics.connections_active.get(),
+                "shutdown deadline passed with connections still open"
+            ),
+        }
+        access_log.flush(Duration::from_secs(2));
+        let _ = stop_admin.send(true);
+        let _ = admin_task.await;
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Keeps `usher_connections_active` right even if a task panics.
+struct ActiveGuard(IntGauge);
+
+impl ActiveGuard {
+    fn new(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        ActiveGuard(gauge.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
