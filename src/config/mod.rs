@@ -213,7 +213,7 @@ impl Config {
             file: file.to_owned(),
             message,
         };
-        if self.listen == self.admin {
+        if self.listen == self.admin && self.listen.port() != 0 {
             return Err(inconsistent(format!(
                 "`listen` and `admin` are both {}; they must differ",
                 self.listen
@@ -312,6 +312,12 @@ mod tests {
         assert_eq!(c.access_log, AccessLog::Stdout);
         assert_eq!(c.labels.class, "x-usher-class");
         assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn shipped_usher_toml_documents_the_defaults() {
+        let shipped = Config::parse(include_str!("../../usher.toml"), "usher.toml").unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
     }
 
     #[test]

@@ -1,0 +1,505 @@
+//! End-to-end: the real `usher` binary between real clients and a real
+//! upstream, asserting on what crossed the wire.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+fn json(body: &Bytes) -> Value {
+    serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
+}
+
+fn header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
+    seen["headers"][name].get(0).and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_is_forwarded_with_labels_and_forwarding_headers() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    let (status, body) = get(&usher.url("/products/7?color=red")).await;
+    assert_eq!(status, 200);
+    let seen = json(&body);
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["uri"], "/products/7?color=red");
+    assert_eq!(
+        header(&seen, "host"),
+        Some(usher.proxy.to_string().as_str()),
+        "Host preserved"
+    );
+    assert_eq!(header(&seen, "x-usher-class"), Some("public_visitor"));
+    assert_eq!(header(&seen, "x-usher-score"), Some("0"));
+    assert_eq!(header(&seen, "x-usher-reasons"), Some(""));
+    assert_eq!(header(&seen, "x-usher-subject"), None);
+    assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        header(&seen, "x-forwarded-host"),
+        Some(usher.proxy.to_string().as_str())
+    );
+
+    let log = usher.wait_access_log(1).await;
+    assert_eq!(log.len(), 1, "{log:?}");
+    let line = &log[0];
+    assert_eq!(line["client_ip"], "127.0.0.1");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/products/7", "queries stay out of the log");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["class"], "public_visitor");
+    assert_eq!(line["action"], "forward");
+    assert!(
+        line["upstream_seconds"].as_f64().unwrap() <= line["duration_seconds"].as_f64().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_bodies_stream_both_ways_with_flat_memory() {
+    const UP: u64 = 512 << 20;
+    const DOWN: u64 = 256 << 20;
+    let up = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let (parts, mut body) = req.into_parts();
+        if parts.uri.path() == "/download" {
+            return Response::new(Pattern::new(DOWN).boxed());
+        }
+        let (len, sum) = drain(&mut body).await;
+        Response::new(full(format!("{len} {sum}")))
+    })
+    .await;
+    let usher = Usher::start(&config(&up, "access_log = \"off\""));
+
+    let req = Request::post(usher.url("/upload"))
+        .body(Pattern::new(UP))
+        .unwrap();
+    let response = client::<Pattern>().request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        format!("{UP} {}", Pattern::checksum(UP)),
+        "upstream received every byte, in order"
+    );
+
+    let req = Request::get(usher.url("/download")).body(full("")).unwrap();
+    let response = client::<TestBody>().request(req).await.unwrap();
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            received += data.len() as u64;
+        }
+    }
+    assert_eq!(received, DOWN);
+
+    let peak_kib = usher.peak_rss_kib();
+    eprintln!("usher peak RSS: {peak_kib} KiB");
+    assert!(
+        peak_kib < 96 * 1024,
+        "usher held {peak_kib} KiB at peak while streaming {} MiB: bodies are being buffered",
+        (UP + DOWN) >> 20
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_and_forged_labels_never_reach_either_side() {
+    let up = upstream(|req| async move {
+        let mut response = echo(req).await;
+        let h = response.headers_mut();
+        h.insert("connection", "x-upstream-hop".parse().unwrap());
+        h.insert("x-upstream-hop", "secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-upstream-kept", "yes".parse().unwrap());
+        response
+    })
+    .await;
+    let usher = Usher::start(&config(&up, ""));
+    let request = "GET /p HTTP/1.1\r\nHost: site.example\r\nConnection: keep-alive, X-Client-Hop\r\n\
+         X-Client-Hop: 1\r\nKeep-Alive: timeout=9\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+         TE: trailers\r\nX-Usher-Class: paying_customer\r\nx-usher-score: -1000\r\n\
+         X-USHER-REASONS: trusted\r\nX-Usher-Subject: admin\r\nX-Usher-Anything: 1\r\n\
+         X-Kept: yes\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (status_line, headers, body) = raw_exchange(usher.proxy, request.as_bytes()).await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    let seen = json(&Bytes::from(body));
+    let names: Vec<&str> = seen["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for banned in [
+        "x-client-hop",
+        "keep-alive",
+        "proxy-authorization",
+        "x-usher-anything",
+        "x-usher-subject",
+    ] {
+        assert!(
+            !names.contains(&banned),
+            "{banned} reached the upstream: {names:?}"
+        );
+    }
+    assert_eq!(
+        seen["headers"]["x-usher-class"],
+        serde_json::json!(["public_visitor"])
+    );
+    assert_eq!(seen["headers"]["x-usher-score"], serde_json::json!(["0"]));
+    assert_eq!(seen["headers"]["x-usher-reasons"], serde_json::json!([""]));
+    assert_eq!(header(&seen, "te"), Some("trailers"));
+    assert_eq!(header(&seen, "x-kept"), Some("yes"));
+    assert_eq!(header(&seen, "host"), Some("site.example"));
+
+    let response_names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(
+        !response_names.contains(&"x-upstream-hop"),
+        "{response_names:?}"
+    );
+    assert!(
+        !response_names.contains(&"keep-alive"),
+        "{response_names:?}"
+    );
+    assert!(
+        response_names.contains(&"x-upstream-kept"),
+        "{response_names:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_from_an_untrusted_peer_is_ignored_and_replaced() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    let req = Request::get(usher.url("/"))
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .body(full(""))
+        .unwrap();
+    let (_, body) = send(req).await;
+    let seen = json(&body);
+    assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(header(&seen, "forwarded"), None);
+    let log = usher.wait_access_log(1).await;
+    assert_eq!(
+        log[0]["client_ip"], "127.0.0.1",
+        "spoofed address not believed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_for_from_a_trusted_proxy_names_the_client() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(
+        &up,
+        "trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+    ));
+    for (xff, client) in [
+        ("198.51.100.7", "198.51.100.7"),
+        ("6.6.6.6, 198.51.100.8, 10.1.2.3", "198.51.100.8"),
+        ("garbage, 10.1.2.3", "10.1.2.3"),
+        ("[2001:db8::5]:443", "2001:db8::5"),
+    ] {
+        let req = Request::get(usher.url("/"))
+            .header("x-forwarded-for", xff)
+            .header("x-forwarded-proto", "https")
+            .body(full(""))
+            .unwrap();
+        let (_, body) = send(req).await;
+        let seen = json(&body);
+        assert_eq!(
+            header(&seen, "x-forwarded-for").unwrap(),
+            format!("{xff}, 127.0.0.1"),
+            "chain extended"
+        );
+        assert_eq!(
+            header(&seen, "x-forwarded-proto"),
+            Some("https"),
+            "kept from a trusted proxy"
+        );
+        let log = usher.wait_access_log(1).await;
+        let last = log.last().unwrap();
+        assert_eq!(last["client_ip"], client, "for X-Forwarded-For {xff:?}");
+        // Let the next request's log line be the last one.
+        usher.stdout_clear();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_refusing_connections_is_502_and_counted() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let usher = Usher::start(&format!("upstream = \"http://{closed}\""));
+    let (status, body) = get(&usher.url("/")).await;
+    assert_eq!(status, 502);
+    assert_eq!(json(&body)["error"], "bad_gateway");
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, r#"usher_upstream_errors_total{kind="refused"}"#),
+        Some(1.0)
+    );
+    let log = usher.wait_access_log(1).await;
+    assert_eq!(log[0]["status"], 502);
+    assert_eq!(log[0]["error"], "refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_upstream_is_504_and_counted() {
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let usher = Usher::start(&config(&up, "[timeouts]\nresponse_header = \"300ms\""));
+    let started = Instant::now();
+    let (status, body) = get(&usher.url("/")).await;
+    assert_eq!(status, 504);
+    assert_eq!(json(&body)["error"], "gateway_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered before the upstream did"
+    );
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_upstream_errors_total{kind="response_timeout"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_resetting_mid_request_is_502() {
+    // A raw upstream that reads the request head and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    let usher = Usher::start(&format!("upstream = \"http://{addr}\""));
+    let (status, _) = get(&usher.url("/")).await;
+    assert_eq!(status, 502);
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, r#"usher_upstream_errors_total{kind="reset"}"#),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_echo_through_the_proxy() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    let usher = Usher::start(&format!("upstream = \"http://{addr}\""));
+    let stream = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
+    let (mut ws, response) =
+        tokio_tungstenite::client_async(format!("ws://{}/chat", usher.proxy), stream)
+            .await
+            .expect("websocket handshake through usher");
+    assert_eq!(response.status(), 101);
+    for text in ["hello", "through", "usher"] {
+        ws.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    let big = vec![7u8; 1 << 20];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed.into_data().as_ref(), &big[..]);
+    let metrics = usher.metrics().await;
+    assert_eq!(sample(&metrics, "usher_upgrades_active"), Some(1.0));
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_prior_knowledge_client_is_served() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    let mut responses = Vec::new();
+    for i in 0..5 {
+        let req = Request::post(usher.url(&format!("/h2/{i}")))
+            .header("x-usher-class", "service_client")
+            .body(full(vec![1u8; 100_000]))
+            .unwrap();
+        responses.push(h2.request(req));
+    }
+    for (i, response) in futures_util::future::join_all(responses)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let response = response.expect("h2 request through usher");
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        let seen = json(&response.into_body().collect().await.unwrap().to_bytes());
+        assert_eq!(seen["uri"], format!("/h2/{i}"));
+        assert_eq!(seen["version"], "HTTP/1.1", "upstream speaks HTTP/1.1");
+        assert_eq!(seen["body_len"], 100_000);
+        assert_eq!(
+            header(&seen, "host"),
+            Some(usher.proxy.to_string().as_str())
+        );
+        assert_eq!(header(&seen, "x-usher-class"), Some("public_visitor"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let up = upstream(|_req| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        Response::new(full("finished"))
+    })
+    .await;
+    let mut usher = Usher::start(&config(&up, ""));
+    let url = usher.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    usher.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(usher.proxy).await.is_err(),
+        "no new connections once draining"
+    );
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "finished");
+    let exit = usher
+        .wait(Duration::from_secs(10))
+        .expect("usher exits after draining");
+    assert!(exit.success(), "{exit:?}");
+    let log = usher.access_log();
+    assert_eq!(log.len(), 1, "the drained request was logged before exit");
+    assert_eq!(log[0]["status"], 200);
+    assert!(
+        usher.stderr().contains("all connections drained"),
+        "{}",
+        usher.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_endpoints_and_metrics_by_class() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    assert_eq!(get(&usher.admin_url("/healthz")).await.0, 200);
+    assert_eq!(get(&usher.admin_url("/readyz")).await.0, 200);
+    assert_eq!(get(&usher.admin_url("/nope")).await.0, 404);
+    let (parts, _) = send(
+        Request::post(usher.admin_url("/metrics"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 405);
+
+    for _ in 0..3 {
+        assert_eq!(get(&usher.url("/")).await.0, 200);
+    }
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_requests_total{action="forward",class="public_visitor"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_request_duration_seconds_count{class="public_visitor"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "usher_classify_duration_seconds_count"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "usher_upstream_duration_seconds_count"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, r#"usher_build_info{version="0.1.0"}"#),
+        Some(1.0)
+    );
+    assert!(sample(&metrics, "usher_connections_active").is_some());
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.starts_with("usher_"), "unprefixed metric: {line}");
+    }
+    promtool_check(&metrics);
+}
+
+/// Validate a scrape with `promtool check metrics`. CI installs promtool;
+/// elsewhere a missing promtool skips this check with a note.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!("promtool not available ({e}); skipping promtool check outside CI");
+            return;
+        }
+        Err(e) => panic!("promtool is required in CI: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
