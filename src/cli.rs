@@ -145,13 +145,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     let runtime = runtime.enable_all().build().map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let server = Server::bind(config.clone(), Classifier::default()).await?;
-        tracing::info!(
-            proxy = %server.proxy_addr(),
-            admin = %server.admin_addr(),
-            upstream = %config.upstream,
-            "listening"
-        );
+        let server = Server::bind(config, Classifier::default()).await?;
         server.run(shutdown_signal()).await;
         Ok(())
     })

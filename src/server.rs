@@ -99,7 +99,8 @@ impl Server {
     }
 
     /// Serve until `shutdown` resolves, then stop accepting and give
-    /// in-flight requests up to `timeouts.shutdown` to finish.
+    /// in-flight requests up to `timeouts.shutdown` to finish. Logs a
+    /// `listening` line once ready (`/readyz` answers 200 from then on).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
@@ -109,6 +110,7 @@ impl Server {
             access_log,
             config,
         } = self;
+        let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
         let ready = Arc::new(AtomicBool::new(false));
         let (stop_admin, admin_stopped) = watch::channel(false);
         let admin_task = tokio::spawn(admin::serve(
@@ -128,6 +130,12 @@ impl Server {
         let graceful = GracefulShutdown::new();
 
         ready.store(true, Ordering::Relaxed);
+        tracing::info!(
+            proxy = %listener.local_addr().unwrap_or(config.listen),
+            admin = %admin_addr,
+            upstream = %config.upstream,
+            "listening"
+        );
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
