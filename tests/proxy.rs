@@ -503,3 +503,140 @@ fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_connections_are_pooled_and_reused() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, "access_log = \"off\""));
+    for _ in 0..20 {
+        assert_eq!(get(&usher.url("/")).await.0, 200);
+    }
+    let opened = up.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        opened, 1,
+        "20 sequential requests should share one upstream connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_that_never_accepts_is_a_504_connect_timeout() {
+    // A listener with a zero backlog, its one slot taken: the kernel drops
+    // further SYNs, so connecting hangs until usher's connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _slot = std::net::TcpStream::connect(addr).unwrap();
+    let usher = Usher::start(&format!(
+        "upstream = \"http://{addr}\"\n[timeouts]\nconnect = \"300ms\""
+    ));
+    let started = Instant::now();
+    let (status, body) = get(&usher.url("/")).await;
+    assert_eq!(status, 504, "{body:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_upstream_errors_total{kind="connect_timeout"}"#
+        ),
+        Some(1.0)
+    );
+    drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, "[timeouts]\nheader_read = \"500ms\""));
+    let mut stream = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "a slowloris connection was kept open past the header timeout"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_400_and_usher_keeps_serving() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    for garbage in [
+        &b"\x00\x01\x02\x03 / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+        b"GET /\xff\xfe HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/9.9\r\n\r\n",
+    ] {
+        let (status_line, _, _) = raw_exchange(usher.proxy, garbage).await;
+        assert!(
+            status_line.starts_with("HTTP/1.1 400"),
+            "{garbage:?} → {status_line}"
+        );
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(get(&usher.url("/")).await.0, 200, "still serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_length_headers_cannot_smuggle_a_request() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    // Transfer-Encoding wins (RFC 9112 §6.3); the lying Content-Length and
+    // the chunk framing must not reach the upstream.
+    let request = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+        3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (status_line, _, body) = raw_exchange(usher.proxy, request).await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    let seen = json(&Bytes::from(body));
+    assert_eq!(seen["uri"], "/a");
+    assert_eq!(seen["body_len"], 3);
+    assert_ne!(header(&seen, "content-length"), Some("60"));
+    assert_eq!(
+        header(&seen, "transfer-encoding"),
+        Some("chunked"),
+        "re-framed by usher"
+    );
+    usher.wait_access_log(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = usher.access_log();
+    assert!(
+        log.iter().all(|l| l["path"] != "/smuggled"),
+        "a request after `Connection: close` was served: {log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rfc7239_forwarded_is_read_when_configured() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(
+        &up,
+        "trusted_proxies = [\"127.0.0.1\"]\nclient_ip_header = \"forwarded\"",
+    ));
+    let req = Request::get(usher.url("/"))
+        .header("forwarded", r#"for="[2001:db8::9]:4711";proto=https"#)
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(send(req).await.0.status, 200);
+    let log = usher.wait_access_log(1).await;
+    assert_eq!(log[0]["client_ip"], "2001:db8::9");
+}

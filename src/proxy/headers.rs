@@ -40,18 +40,28 @@ pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
 /// and `Connection: upgrade` survive for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if headers.contains_key(&CONNECTION) {
-        let listed: Vec<HeaderValue> = headers.get_all(&CONNECTION).iter().cloned().collect();
-        for value in &listed {
+        // Names to remove; `close` and `keep-alive` (the usual tokens) need
+        // no allocation, the `Keep-Alive` header goes below anyway.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(&CONNECTION) {
             for token in value.as_bytes().split(|&b| b == b',') {
-                let Ok(name) = HeaderName::from_bytes(token.trim_ascii()) else {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
+                {
+                    continue;
+                }
+                let Ok(name) = HeaderName::from_bytes(token) else {
                     continue;
                 };
                 // `Host` is needed end to end; nobody may strip it this way.
                 if name == HOST || (keep_upgrade && name == UPGRADE) {
                     continue;
                 }
-                headers.remove(&name);
+                listed.push(name);
             }
+        }
+        for name in &listed {
+            headers.remove(name);
         }
         headers.remove(&CONNECTION);
     }

@@ -35,6 +35,8 @@ pub fn full(data: impl Into<Bytes>) -> TestBody {
 /// A running test upstream.
 pub struct Upstream {
     pub addr: SocketAddr,
+    /// Connections the upstream has accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,11 +60,14 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let handler = handler.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -76,7 +81,11 @@ where
             });
         }
     });
-    Upstream { addr, task }
+    Upstream {
+        addr,
+        connections,
+        task,
+    }
 }
 
 /// What the echo upstream saw, as JSON.
