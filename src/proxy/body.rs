@@ -13,8 +13,9 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, Record};
-use crate::metrics::{Metrics, UpstreamError};
+use super::Proxy;
+use crate::access_log::Record;
+use crate::metrics::UpstreamError;
 use crate::verdict::{Class, Verdict};
 
 /// What the access log needs beyond what metrics need.
@@ -30,8 +31,7 @@ pub(crate) struct LogFields {
 /// Records a request's outcome exactly once, when dropped.
 #[derive(Debug)]
 pub(crate) struct Completion {
-    metrics: Arc<Metrics>,
-    access_log: AccessLog,
+    proxy: Arc<Proxy>,
     started: Instant,
     class: Class,
     pub status: u16,
@@ -41,16 +41,9 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        access_log: AccessLog,
-        started: Instant,
-        class: Class,
-        log: Option<LogFields>,
-    ) -> Self {
+    pub fn new(proxy: Arc<Proxy>, started: Instant, class: Class, log: Option<LogFields>) -> Self {
         Completion {
-            metrics,
-            access_log,
+            proxy,
             started,
             class,
             status: 0,
@@ -64,9 +57,10 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let total = self.started.elapsed();
-        self.metrics.observe_request(self.class, total);
+        let metrics = &self.proxy.metrics;
+        metrics.observe_request(self.class, total);
         if self.error == Some(UpstreamError::Body) {
-            self.metrics.count_upstream_error(UpstreamError::Body);
+            metrics.count_upstream_error(UpstreamError::Body);
         }
         if let Some(log) = self.log.take() {
             let Verdict {
@@ -76,7 +70,7 @@ impl Drop for Completion {
                 action,
                 subject,
             } = log.verdict;
-            self.access_log.log(Record {
+            self.proxy.access_log.log(Record {
                 ts: log.ts,
                 client_ip: log.client_ip,
                 method: log.method,

@@ -4,6 +4,8 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use bytes::BytesMut;
+
 use http::Version;
 use http::header::{
     CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
@@ -97,15 +99,14 @@ pub fn set_forwarding(
     peer_trusted: bool,
     host: Option<HeaderValue>,
 ) {
-    let mut chain = String::with_capacity(64);
+    // Built in place and frozen into the header: one allocation.
+    let mut chain = BytesMut::with_capacity(64);
     if peer_trusted {
         for value in headers.get_all(&X_FORWARDED_FOR) {
-            if let Ok(v) = value.to_str() {
-                let v = v.trim();
-                if !v.is_empty() {
-                    chain.push_str(v);
-                    chain.push_str(", ");
-                }
+            let v = value.as_bytes().trim_ascii();
+            if !v.is_empty() {
+                chain.extend_from_slice(v);
+                chain.extend_from_slice(b", ");
             }
         }
     } else {
@@ -114,7 +115,7 @@ pub fn set_forwarding(
         headers.remove(&X_FORWARDED_HOST);
     }
     let _ = write!(chain, "{peer}");
-    if let Ok(value) = HeaderValue::from_str(&chain) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(chain.freeze()) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     if !headers.contains_key(&X_FORWARDED_PROTO) {
@@ -155,7 +156,11 @@ pub fn set_labels(headers: &mut HeaderMap, labels: &Labels, verdict: &Verdict) {
         labels.class.clone(),
         HeaderValue::from_static(verdict.class.as_str()),
     );
-    headers.insert(labels.score.clone(), HeaderValue::from(verdict.score));
+    let score = match verdict.score {
+        0 => HeaderValue::from_static("0"),
+        n => HeaderValue::from(n),
+    };
+    headers.insert(labels.score.clone(), score);
     let reasons = match verdict.reasons.as_slice() {
         [] => HeaderValue::from_static(""),
         [one] => HeaderValue::from_str(one).unwrap_or(HeaderValue::from_static("")),

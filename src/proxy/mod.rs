@@ -123,13 +123,7 @@ impl Proxy {
             uri: parts.uri.clone(),
             verdict,
         });
-        let mut done = Completion::new(
-            self.metrics.clone(),
-            self.access_log.clone(),
-            started,
-            class,
-            log,
-        );
+        let mut done = Completion::new(self.clone(), started, class, log);
 
         // Act. `limit` has no quota to enforce until quotas are configured;
         // `tarpit` answers like `deny`.
