@@ -1,6 +1,7 @@
 //! Client address: the socket peer, or — when the peer is a trusted proxy —
 //! the first untrusted hop of `X-Forwarded-For` or `Forwarded`, walked from
-//! the right. Malformed entries end the walk; they never panic or allocate.
+//! the right. Malformed entries end the walk; nothing here panics or
+//! allocates.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -102,7 +103,7 @@ impl TrustedProxies {
                     .get_all(FORWARDED)
                     .iter()
                     .rev()
-                    .flat_map(|v| split_unquoted(v.as_bytes(), b',').rev())
+                    .flat_map(|v| RevElements::new(v.as_bytes()))
                     .map(parse_forwarded_element);
                 self.walk(peer, hops)
             }
@@ -176,24 +177,73 @@ fn parse_forwarded_element(element: &[u8]) -> Option<IpAddr> {
     None
 }
 
-/// Split on `sep` outside double quotes (RFC 7230 quoted-string).
-fn split_unquoted(s: &[u8], sep: u8) -> impl DoubleEndedIterator<Item = &[u8]> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, &b) in s.iter().enumerate() {
-        match b {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            _ if b == sep && !quoted => {
-                parts.push(&s[start..i]);
-                start = i + 1;
+/// How many `Forwarded` elements of one header line are read, rightmost
+/// first. A walk that needs more stops at the last vouched address.
+const MAX_FORWARDED_ELEMENTS: usize = 16;
+
+/// The comma-separated elements of one `Forwarded` line, right to left,
+/// splitting outside quoted strings only; found without allocating.
+struct RevElements<'a> {
+    line: &'a [u8],
+    spans: [(usize, usize); MAX_FORWARDED_ELEMENTS],
+    len: usize,
+    truncated: bool,
+}
+
+impl<'a> RevElements<'a> {
+    fn new(line: &'a [u8]) -> Self {
+        let mut elements = RevElements {
+            line,
+            spans: [(0, 0); MAX_FORWARDED_ELEMENTS],
+            len: 0,
+            truncated: false,
+        };
+        let (mut start, mut quoted, mut escaped) = (0, false, false);
+        for (i, &b) in line.iter().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                b',' if !quoted => {
+                    elements.push((start, i));
+                    start = i + 1;
+                }
+                _ => {}
             }
-            _ => {}
         }
+        elements.push((start, line.len()));
+        elements
     }
-    parts.push(&s[start..]);
-    parts.into_iter()
+
+    /// Keep the rightmost spans, forgetting the leftmost when full.
+    fn push(&mut self, span: (usize, usize)) {
+        if self.len == MAX_FORWARDED_ELEMENTS {
+            self.spans.copy_within(1.., 0);
+            self.len -= 1;
+            self.truncated = true;
+        }
+        self.spans[self.len] = span;
+        self.len += 1;
+    }
+}
+
+impl<'a> Iterator for RevElements<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.len > 0 {
+            self.len -= 1;
+            let (start, end) = self.spans[self.len];
+            return Some(&self.line[start..end]);
+        }
+        if self.truncated {
+            // Elements beyond the window are unknown: an empty element
+            // parses as no address and ends the walk.
+            self.truncated = false;
+            return Some(b"");
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +358,12 @@ mod tests {
         assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
         let h = headers("forwarded", &[br#"for="1.2.3.4,5.6.7.8""#]);
         assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+        // A chain longer than the window stops at the last vouched hop.
+        let long = format!("for=1.1.1.1, {}", vec!["for=10.0.0.7"; 20].join(", "));
+        let h = headers("forwarded", &[long.as_bytes()]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.7"));
+        let h = headers("forwarded", &[b"for=1.1.1.1, for=10.0.0.7"]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("1.1.1.1"));
         // With forwarded configured, X-Forwarded-For is not read at all.
         let h = headers(X_FORWARDED_FOR, &[b"1.2.3.4"]);
         assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));

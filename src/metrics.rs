@@ -63,6 +63,26 @@ impl UpstreamError {
     }
 }
 
+/// Why a request did not complete normally: an upstream failure, or the
+/// client going away mid-request (not the upstream's fault).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The upstream failed.
+    Upstream(UpstreamError),
+    /// The client's request body broke off before it was sent upstream.
+    ClientAborted,
+}
+
+impl Failure {
+    /// The name used in the access log's `error` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Failure::Upstream(kind) => kind.as_str(),
+            Failure::ClientAborted => "client_aborted",
+        }
+    }
+}
+
 /// All of usher's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -77,6 +97,8 @@ pub struct Metrics {
     pub upgrades_active: IntGauge,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: IntCounter,
+    /// Requests whose client went away while sending its body.
+    pub client_aborts: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -182,6 +204,12 @@ impl Metrics {
         )?;
         registry.register(Box::new(access_log_dropped.clone()))?;
 
+        let client_aborts = IntCounter::new(
+            "usher_client_aborts_total",
+            "Requests whose client broke off the request body before it reached the upstream.",
+        )?;
+        registry.register(Box::new(client_aborts.clone()))?;
+
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "usher_build_info",
@@ -204,6 +232,7 @@ impl Metrics {
             connections_active,
             upgrades_active,
             access_log_dropped,
+            client_aborts,
         })
     }
 

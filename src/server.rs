@@ -126,7 +126,12 @@ impl Server {
         http.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.timeouts.header_read);
-        http.http2().timer(TokioTimer::new());
+        // HTTP/2 peers that stop answering pings are dropped.
+        http.http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(H2_PING_INTERVAL))
+            .keep_alive_timeout(H2_PING_INTERVAL);
+        let first_request = config.timeouts.header_read;
         let graceful = GracefulShutdown::new();
 
         ready.store(true, Ordering::Relaxed);
@@ -153,14 +158,34 @@ impl Server {
             };
             let _ = stream.set_nodelay(true);
             let proxy = proxy.clone();
-            let service = service_fn(move |req| proxy.clone().handle(req, peer));
+            let started = Arc::new(AtomicBool::new(false));
+            let seen = started.clone();
+            let service = service_fn(move |req| {
+                seen.store(true, Ordering::Relaxed);
+                proxy.clone().handle(req, peer)
+            });
             let conn = http
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();
             let conn = graceful.watch(conn);
             let active = ActiveGuard::new(&metrics.connections_active);
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                // A connection must bring a first request within
+                // `header_read`, whatever the protocol: this covers silent
+                // sockets and a stalled HTTP/2 preface or protocol sniff,
+                // which hyper's own header timeout does not.
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = &mut conn => result,
+                    () = tokio::time::sleep(first_request) => {
+                        if !started.load(Ordering::Relaxed) {
+                            tracing::debug!(%peer, "no request within header_read; closing");
+                            return;
+                        }
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, %peer, "client connection ended with an error");
                 }
                 drop(active);
@@ -192,6 +217,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .await
         .map_err(|source| ServeError::Bind { what, addr, source })
 }
+
+/// How often idle HTTP/2 clients are pinged, and how long they may take
+/// to answer.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
 /// Keeps `usher_connections_active` right even if a task panics.
 struct ActiveGuard(IntGauge);

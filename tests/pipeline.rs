@@ -108,20 +108,21 @@ async fn rule_verdicts_reach_upstream_client_and_metrics() {
     let req = Request::get(format!("http://{proxy}/api"))
         .header("x-partner", "acme")
         .header("x-usher-class", "paying_customer")
+        .header("x-usher-subject", "forged")
         .body(full(""))
         .unwrap();
     let (parts, body) = send(req).await;
     assert_eq!(parts.status, 200);
-    assert!(
-        parts.headers.get("x-usher-reasons").is_none(),
-        "labels are for the upstream only"
-    );
     let seen: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["headers"]["x-usher-class"][0], "service_client");
     assert_eq!(seen["headers"]["x-usher-score"][0], "12");
     assert_eq!(
         seen["headers"]["x-usher-reasons"][0],
         "partner-header,no-user-agent"
+    );
+    assert!(
+        seen["headers"].get("x-usher-subject").is_none(),
+        "forged subject stripped"
     );
 
     let (_, metrics) = get(&format!("http://{admin}/metrics")).await;

@@ -124,6 +124,7 @@ async fn hop_by_hop_and_forged_labels_never_reach_either_side() {
          X-Client-Hop: 1\r\nKeep-Alive: timeout=9\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\n\
          TE: trailers\r\nX-Usher-Class: paying_customer\r\nx-usher-score: -1000\r\n\
          X-USHER-REASONS: trusted\r\nX-Usher-Subject: admin\r\nX-Usher-Anything: 1\r\n\
+         Connection: x-usher-class, x-usher-score, X-Usher-Reasons\r\n\
          X-Kept: yes\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
     let (status_line, headers, body) = raw_exchange(usher.proxy, request.as_bytes()).await;
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
@@ -179,11 +180,15 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored_and_replaced() {
         .header("x-forwarded-for", "6.6.6.6")
         .header("forwarded", "for=6.6.6.6")
         .header("x-forwarded-proto", "https")
+        .header("x-real-ip", "6.6.6.6")
+        .header("true-client-ip", "6.6.6.6")
         .body(full(""))
         .unwrap();
     let (_, body) = send(req).await;
     let seen = json(&body);
     assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(&seen, "x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(header(&seen, "true-client-ip"), None);
     assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
     assert_eq!(header(&seen, "forwarded"), None);
     let log = usher.wait_access_log(1).await;
@@ -215,9 +220,10 @@ async fn forwarded_for_from_a_trusted_proxy_names_the_client() {
         let seen = json(&body);
         assert_eq!(
             header(&seen, "x-forwarded-for").unwrap(),
-            format!("{xff}, 127.0.0.1"),
-            "chain extended"
+            format!("{client}, 127.0.0.1"),
+            "the upstream sees the resolved client, never the client's own claims"
         );
+        assert_eq!(header(&seen, "x-real-ip"), Some(client));
         assert_eq!(
             header(&seen, "x-forwarded-proto"),
             Some("https"),
@@ -357,7 +363,10 @@ async fn http2_prior_knowledge_client_is_served() {
     let mut responses = Vec::new();
     for i in 0..5 {
         let req = Request::post(usher.url(&format!("/h2/{i}")))
-            .header("x-usher-class", "service_client")
+            .header("x-usher-subject", "admin")
+            .header("x-usher-anything", "forged")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
             .body(full(vec![1u8; 100_000]))
             .unwrap();
         responses.push(h2.request(req));
@@ -379,6 +388,13 @@ async fn http2_prior_knowledge_client_is_served() {
             Some(usher.proxy.to_string().as_str())
         );
         assert_eq!(header(&seen, "x-usher-class"), Some("public_visitor"));
+        assert_eq!(header(&seen, "x-usher-subject"), None, "forged over HTTP/2");
+        assert_eq!(
+            header(&seen, "x-usher-anything"),
+            None,
+            "forged over HTTP/2"
+        );
+        assert_eq!(seen["headers"]["cookie"], serde_json::json!(["a=1; b=2"]));
     }
 }
 
@@ -389,7 +405,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
         Response::new(full("finished"))
     })
     .await;
-    let mut usher = Usher::start(&config(&up, ""));
+    let mut usher = Usher::start(&config(&up, "[timeouts]\nheader_read = \"1s\""));
+    // An idle client that never sends a request must not hold up the exit.
+    let _silent = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
     let url = usher.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -571,6 +589,26 @@ async fn slow_request_heads_are_cut_off() {
         "a slowloris connection was kept open past the header timeout"
     );
     assert!(started.elapsed() >= Duration::from_millis(400));
+
+    // Silent sockets and a stalled HTTP/2 preface are cut off too.
+    for opening in [
+        &b""[..],
+        b"PRI * HTTP/2.0\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
+        stream.write_all(opening).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{opening:?} kept a connection open");
+    }
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
@@ -636,7 +674,65 @@ async fn rfc7239_forwarded_is_read_when_configured() {
         .header("x-forwarded-for", "6.6.6.6")
         .body(full(""))
         .unwrap();
-    assert_eq!(send(req).await.0.status, 200);
+    let (parts, body) = send(req).await;
+    assert_eq!(parts.status, 200);
+    let seen = json(&body);
     let log = usher.wait_access_log(1).await;
     assert_eq!(log[0]["client_ip"], "2001:db8::9");
+    assert_eq!(
+        header(&seen, "x-forwarded-for"),
+        Some("2001:db8::9, 127.0.0.1"),
+        "the unread X-Forwarded-For cannot smuggle 6.6.6.6 to the upstream"
+    );
+    assert_eq!(header(&seen, "forwarded"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_uploads_are_not_cut_by_the_response_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, "[timeouts]\nresponse_header = \"500ms\""));
+    let mut stream = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
+    stream
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stream.write_all(&[b'x'; 10]).await.unwrap();
+    }
+    let (status_line, _, body) = raw_exchange_on(stream).await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+    assert_eq!(json(&Bytes::from(body))["body_len"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_abandoning_its_upload_is_not_an_upstream_error() {
+    use tokio::io::AsyncWriteExt;
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    let mut stream = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\npartial")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let log = usher.wait_access_log(1).await;
+    assert_eq!(log[0]["status"], 499, "{log:?}");
+    assert_eq!(log[0]["error"], "client_aborted");
+    let metrics = usher.metrics().await;
+    assert_eq!(sample(&metrics, "usher_client_aborts_total"), Some(1.0));
+    for kind in ["refused", "reset", "other", "protocol"] {
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!("usher_upstream_errors_total{{kind=\"{kind}\"}}")
+            ),
+            Some(0.0),
+            "{kind}"
+        );
+    }
 }

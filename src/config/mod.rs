@@ -269,20 +269,45 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Headers a label name or prefix must never cover: usher reads them to
+/// find the client, so stripping them as forged labels would break trust.
+const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+/// A label header name: a valid `x-` header that is not a forwarding header.
 fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
     let s = String::deserialize(d)?;
-    HeaderName::from_bytes(s.as_bytes())
-        .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a valid header name")))
-}
-
-fn label_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.len() < 2 || HeaderName::from_bytes(s.as_bytes()).is_err() {
+    let name = HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| serde::de::Error::custom(format!("`{s}` is not a valid header name")))?;
+    if !name.as_str().starts_with("x-") || FORWARDING_HEADERS.contains(&name.as_str()) {
         return Err(serde::de::Error::custom(format!(
-            "`{s}` is not a usable header prefix (at least two header-name characters)"
+            "`{s}`: label headers must start with `x-` and must not be a forwarding header"
         )));
     }
-    Ok(s.to_ascii_lowercase())
+    Ok(name)
+}
+
+/// The label prefix: client headers starting with it are removed, so it
+/// must be specific (`x-` and at least two more characters) and must not
+/// cover a forwarding header.
+fn label_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?.to_ascii_lowercase();
+    let usable = s.len() >= 4
+        && s.starts_with("x-")
+        && HeaderName::from_bytes(s.as_bytes()).is_ok()
+        && !FORWARDING_HEADERS.iter().any(|h| h.starts_with(s.as_str()));
+    if !usable {
+        return Err(serde::de::Error::custom(format!(
+            "`{s}` is not a usable label prefix: it must start with `x-`, have at least \
+             four characters, and not cover a forwarding header such as x-forwarded-for"
+        )));
+    }
+    Ok(s)
 }
 
 fn rule_globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -318,6 +343,39 @@ mod tests {
     fn shipped_usher_toml_documents_the_defaults() {
         let shipped = Config::parse(include_str!("../../usher.toml"), "usher.toml").unwrap();
         assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
+    }
+
+    /// The keys serde knows for the top level or a table, read from the
+    /// "unknown field, expected one of …" error.
+    fn known_keys(table: Option<&str>) -> Vec<String> {
+        let probe = match table {
+            None => "zz_unknown = 1".to_owned(),
+            Some(t) => format!("[{t}]\nzz_unknown = 1"),
+        };
+        let e = err(&probe);
+        e.split('`').skip(5).step_by(2).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn shipped_usher_toml_names_every_key() {
+        let shipped: toml::Table = include_str!("../../usher.toml").parse().unwrap();
+        let top = known_keys(None);
+        assert!(top.contains(&"listen".to_owned()), "{top:?}");
+        for key in &top {
+            assert!(
+                shipped.contains_key(key),
+                "usher.toml does not document `{key}`"
+            );
+        }
+        for table in ["labels", "timeouts", "identity", "state"] {
+            let documented = shipped[table].as_table().unwrap();
+            for key in known_keys(Some(table)) {
+                assert!(
+                    documented.contains_key(&key),
+                    "usher.toml does not document `{table}.{key}`"
+                );
+            }
+        }
     }
 
     #[test]
@@ -379,6 +437,11 @@ shutdown = "1h"
             ("[timeouts]\n\nconnect = \"soon\"", "timeouts.connect", 3),
             ("[timeouts]\nconnect = \"0s\"", "timeouts.connect", 2),
             ("[labels]\nclass = \"bad header\"", "labels.class", 2),
+            ("[labels]\nsubject = \"authorization\"", "labels.subject", 2),
+            ("[labels]\nclass = \"x-real-ip\"", "labels.class", 2),
+            ("[labels]\nprefix = \"co\"", "labels.prefix", 2),
+            ("[labels]\nprefix = \"x-\"", "labels.prefix", 2),
+            ("[labels]\nprefix = \"x-forw\"", "labels.prefix", 2),
             ("access_log = \"syslog\"", "access_log", 1),
             ("client_ip_header = \"x-real-ip\"", "client_ip_header", 1),
             ("listen = 8080", "listen", 1),

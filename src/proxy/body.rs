@@ -9,13 +9,13 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{Method, Uri};
+use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::Proxy;
 use crate::access_log::Record;
-use crate::metrics::UpstreamError;
+use crate::metrics::{Failure, UpstreamError};
 use crate::verdict::{Class, Verdict};
 
 /// What the access log needs beyond what metrics need.
@@ -24,9 +24,40 @@ pub(crate) struct LogFields {
     pub ts: SystemTime,
     pub client_ip: IpAddr,
     pub method: Method,
-    pub uri: Uri,
+    pub path: String,
     pub verdict: Verdict,
 }
+
+/// The longest path the access log keeps, in bytes.
+const MAX_LOGGED_PATH: usize = 1024;
+
+impl LogFields {
+    /// Copy what the log needs out of the request head, so a queued record
+    /// never keeps the client's (possibly huge) head buffer alive.
+    pub fn new(
+        ts: SystemTime,
+        client_ip: IpAddr,
+        parts: &http::request::Parts,
+        verdict: Verdict,
+    ) -> Self {
+        let path = parts.uri.path();
+        let mut end = path.len().min(MAX_LOGGED_PATH);
+        while !path.is_char_boundary(end) {
+            end -= 1;
+        }
+        LogFields {
+            ts,
+            client_ip,
+            method: parts.method.clone(),
+            path: path[..end].to_owned(),
+            verdict,
+        }
+    }
+}
+
+/// Status logged for a request whose client left before a response
+/// (nginx's convention).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// Records a request's outcome exactly once, when dropped.
 #[derive(Debug)]
@@ -36,7 +67,7 @@ pub(crate) struct Completion {
     class: Class,
     pub status: u16,
     pub upstream: Option<Duration>,
-    pub error: Option<UpstreamError>,
+    pub error: Option<Failure>,
     log: Option<LogFields>,
 }
 
@@ -46,7 +77,7 @@ impl Completion {
             proxy,
             started,
             class,
-            status: 0,
+            status: CLIENT_CLOSED_REQUEST,
             upstream: None,
             error: None,
             log,
@@ -59,7 +90,7 @@ impl Drop for Completion {
         let total = self.started.elapsed();
         let metrics = &self.proxy.metrics;
         metrics.observe_request(self.class, total);
-        if self.error == Some(UpstreamError::Body) {
+        if self.error == Some(Failure::Upstream(UpstreamError::Body)) {
             metrics.count_upstream_error(UpstreamError::Body);
         }
         if let Some(log) = self.log.take() {
@@ -74,8 +105,12 @@ impl Drop for Completion {
                 ts: log.ts,
                 client_ip: log.client_ip,
                 method: log.method,
-                uri: log.uri,
-                status: self.status,
+                path: log.path,
+                status: if self.error == Some(Failure::ClientAborted) {
+                    CLIENT_CLOSED_REQUEST
+                } else {
+                    self.status
+                },
                 class,
                 score,
                 reasons,
@@ -83,7 +118,7 @@ impl Drop for Completion {
                 subject,
                 upstream: self.upstream,
                 total,
-                error: self.error.map(UpstreamError::as_str),
+                error: self.error.map(Failure::as_str),
             });
         }
     }
@@ -139,7 +174,7 @@ impl Body for ProxyBody {
             None => this.done = None,
             Some(Err(_)) => {
                 if let Some(done) = &mut this.done {
-                    done.error = Some(UpstreamError::Body);
+                    done.error = Some(Failure::Upstream(UpstreamError::Body));
                 }
             }
             Some(Ok(_)) => {}

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 
 use http::Version;
 use http::header::{
-    CONNECTION, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
+    CONNECTION, COOKIE, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
 };
 
@@ -90,31 +90,62 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Set `X-Forwarded-For`, `-Proto` and `-Host` for the upstream. From a
-/// trusted proxy the chain is extended and its proto/host kept; from anyone
-/// else, what the client sent is replaced and `Forwarded` removed.
+/// Headers in which some client, CDN or proxy reports a client address.
+/// usher alone tells the upstream who the client is, so all are removed.
+static CLIENT_ADDRESS: [HeaderName; 7] = [
+    FORWARDED,
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("cf-connecting-ip"),
+    HeaderName::from_static("fastly-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+];
+
+/// Headers describing the original request's scheme, host, port or path;
+/// believed only from trusted proxies.
+static ORIGIN: [HeaderName; 6] = [
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-ssl"),
+];
+
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Tell the upstream who the client is and how it reached usher.
+///
+/// `X-Forwarded-For` becomes `client` (or `client, peer` when a trusted
+/// proxy reported the client) and `X-Real-IP` the client: nothing a client
+/// wrote about addresses survives, so an upstream reading either header,
+/// from either end, gets the address usher classified. Every other
+/// address-reporting header, `Forwarded` included, is removed. Scheme and
+/// host headers are kept from trusted proxies and replaced otherwise.
 pub fn set_forwarding(
     headers: &mut HeaderMap,
+    client: IpAddr,
     peer: IpAddr,
     peer_trusted: bool,
     host: Option<HeaderValue>,
 ) {
-    // Built in place and frozen into the header: one allocation.
-    let mut chain = BytesMut::with_capacity(64);
-    if peer_trusted {
-        for value in headers.get_all(&X_FORWARDED_FOR) {
-            let v = value.as_bytes().trim_ascii();
-            if !v.is_empty() {
-                chain.extend_from_slice(v);
-                chain.extend_from_slice(b", ");
-            }
-        }
-    } else {
-        headers.remove(&FORWARDED);
-        headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(&X_FORWARDED_HOST);
+    for name in &CLIENT_ADDRESS {
+        headers.remove(name);
     }
-    let _ = write!(chain, "{peer}");
+    if !peer_trusted {
+        for name in &ORIGIN {
+            headers.remove(name);
+        }
+    }
+    let mut chain = BytesMut::with_capacity(48);
+    let _ = write!(chain, "{client}");
+    if let Ok(value) = HeaderValue::from_maybe_shared(chain.clone().freeze()) {
+        headers.insert(X_REAL_IP.clone(), value);
+    }
+    if client != peer {
+        let _ = write!(chain, ", {peer}");
+    }
     if let Ok(value) = HeaderValue::from_maybe_shared(chain.freeze()) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
@@ -125,6 +156,25 @@ pub fn set_forwarding(
         && let Some(host) = host
     {
         headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 upstreams expect
+/// one, joined with `; ` (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = BytesMut::new();
+    for value in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_maybe_shared(joined.freeze()) {
+        headers.insert(COOKIE, value);
     }
 }
 
@@ -150,31 +200,51 @@ pub fn strip_labels(headers: &mut HeaderMap, labels: &Labels) {
     }
 }
 
-/// Tell the upstream the verdict.
-pub fn set_labels(headers: &mut HeaderMap, labels: &Labels, verdict: &Verdict) {
-    headers.insert(
-        labels.class.clone(),
-        HeaderValue::from_static(verdict.class.as_str()),
-    );
-    let score = match verdict.score {
-        0 => HeaderValue::from_static("0"),
-        n => HeaderValue::from(n),
-    };
-    headers.insert(labels.score.clone(), score);
-    let reasons = match verdict.reasons.as_slice() {
-        [] => HeaderValue::from_static(""),
-        [one] => HeaderValue::from_str(one).unwrap_or(HeaderValue::from_static("")),
-        many => HeaderValue::from_str(&many.join(",")).unwrap_or(HeaderValue::from_static("")),
-    };
-    headers.insert(labels.reasons.clone(), reasons);
-    match verdict
-        .subject
-        .as_deref()
-        .and_then(|s| HeaderValue::from_bytes(s.as_bytes()).ok())
-    {
-        Some(subject) => headers.insert(labels.subject.clone(), subject),
-        None => headers.remove(&labels.subject),
-    };
+/// The label header values of one verdict, computed before the verdict
+/// moves on to the access log and applied as the last rewrite.
+#[derive(Debug)]
+pub struct LabelValues {
+    class: HeaderValue,
+    score: HeaderValue,
+    reasons: HeaderValue,
+    subject: Option<HeaderValue>,
+}
+
+impl LabelValues {
+    /// Render a verdict as header values.
+    pub fn new(verdict: &Verdict) -> Self {
+        let score = match verdict.score {
+            0 => HeaderValue::from_static("0"),
+            n => HeaderValue::from(n),
+        };
+        let reasons = match verdict.reasons.as_slice() {
+            [] => Ok(HeaderValue::from_static("")),
+            [one] => HeaderValue::from_str(one),
+            many => HeaderValue::from_str(&many.join(",")),
+        };
+        LabelValues {
+            class: HeaderValue::from_static(verdict.class.as_str()),
+            score,
+            reasons: reasons.unwrap_or(HeaderValue::from_static("")),
+            // A subject that cannot be a header value is left out rather
+            // than mangled.
+            subject: verdict
+                .subject
+                .as_deref()
+                .and_then(|s| HeaderValue::from_bytes(s.as_bytes()).ok()),
+        }
+    }
+
+    /// Tell the upstream the verdict.
+    pub fn apply(self, headers: &mut HeaderMap, labels: &Labels) {
+        headers.insert(labels.class.clone(), self.class);
+        headers.insert(labels.score.clone(), self.score);
+        headers.insert(labels.reasons.clone(), self.reasons);
+        match self.subject {
+            Some(subject) => headers.insert(labels.subject.clone(), subject),
+            None => headers.remove(&labels.subject),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -247,34 +317,56 @@ mod tests {
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "evil"),
+            ("x-forwarded-port", "443"),
             ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
         ]);
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
         set_forwarding(
             &mut h,
-            "192.0.2.9".parse().unwrap(),
+            peer,
+            peer,
             false,
             Some(HeaderValue::from_static("site")),
         );
         assert_eq!(h["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(h["x-real-ip"], "192.0.2.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "site");
-        assert!(!h.contains_key("forwarded"));
+        for gone in ["forwarded", "true-client-ip", "x-forwarded-port"] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
     }
 
     #[test]
-    fn forwarding_from_trusted_peer_extends_the_chain() {
+    fn forwarding_from_trusted_peer_names_the_resolved_client() {
         let mut h = map(&[
-            ("x-forwarded-for", "198.51.100.1"),
-            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.1"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-port", "443"),
             ("forwarded", "for=198.51.100.1"),
         ]);
-        set_forwarding(&mut h, "10.0.0.3".parse().unwrap(), true, None);
-        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.2, 10.0.0.3");
+        let client: IpAddr = "198.51.100.1".parse().unwrap();
+        set_forwarding(&mut h, client, "10.0.0.3".parse().unwrap(), true, None);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.0.0.3");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-real-ip"], "198.51.100.1");
         assert_eq!(h["x-forwarded-proto"], "https");
-        assert!(h.contains_key("forwarded"));
+        assert_eq!(h["x-forwarded-port"], "443");
+        assert!(!h.contains_key("forwarded"));
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn cookies_split_by_http2_are_joined() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2; c=3");
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookies(&mut one);
+        assert_eq!(one["cookie"], "a=1");
     }
 
     #[test]
@@ -303,7 +395,7 @@ mod tests {
             subject: Some(Arc::from("user\n1")),
         };
         h.insert("x-usher-subject", HeaderValue::from_static("stale"));
-        set_labels(&mut h, &labels, &verdict);
+        LabelValues::new(&verdict).apply(&mut h, &labels);
         assert_eq!(h["x-bot-class"], "malicious_bot");
         assert_eq!(h["x-usher-score"], "-5");
         assert_eq!(h["x-usher-reasons"], "a,b");

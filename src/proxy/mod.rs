@@ -21,13 +21,14 @@ use hyper::body::Incoming;
 
 pub use body::ProxyBody;
 use body::{Completion, LogFields};
+use upstream::SendError;
 
 use crate::access_log::AccessLog;
 use crate::classify::Classifier;
 use crate::config::{Config, Labels, Upstream};
 use crate::facts::Facts;
 use crate::forwarded::TrustedProxies;
-use crate::metrics::{Metrics, UpstreamError};
+use crate::metrics::{Failure, Metrics, UpstreamError};
 use crate::verdict::Action;
 
 /// Everything a request reads from configuration; replaced whole on reload.
@@ -97,11 +98,13 @@ impl Proxy {
         let started = Instant::now();
         let settings = self.settings.load_full();
 
-        // Sanitize: usher is the only author of its labels.
+        // Sanitize: usher is the only author of its labels, and nothing a
+        // client lists in `Connection` travels further.
         headers::strip_labels(req.headers_mut(), &settings.labels);
         let upgrade = headers::is_upgrade_request(req.version(), req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
 
         // Classify.
         let peer_ip = peer.ip().to_canonical();
@@ -115,14 +118,11 @@ impl Proxy {
         self.metrics.observe_classify(clock.elapsed());
         self.metrics.count_request(verdict.class, verdict.action);
         let (class, action) = (verdict.class, verdict.action);
-        headers::set_labels(&mut parts.headers, &settings.labels, &verdict);
-        let log = self.access_log.enabled().then(|| LogFields {
-            ts: now,
-            client_ip,
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            verdict,
-        });
+        let labels = headers::LabelValues::new(&verdict);
+        let log = self
+            .access_log
+            .enabled()
+            .then(|| LogFields::new(now, client_ip, &parts, verdict));
         let mut done = Completion::new(self.clone(), started, class, log);
 
         // Act. `limit` has no quota to enforce until quotas are configured;
@@ -145,20 +145,28 @@ impl Proxy {
             ));
         }
 
-        // Rewrite for the upstream.
+        // Rewrite for the upstream; labels last, so nothing can undo them.
         let host = parts.headers.get(HOST).cloned().or_else(|| {
             parts
                 .uri
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         let trusted_peer = settings.trusted.trusts(&peer_ip);
-        headers::set_forwarding(&mut parts.headers, peer_ip, trusted_peer, host.clone());
+        headers::set_forwarding(
+            &mut parts.headers,
+            client_ip,
+            peer_ip,
+            trusted_peer,
+            host.clone(),
+        );
         if let Some(host) = host
             && !parts.headers.contains_key(HOST)
         {
             parts.headers.insert(HOST, host);
+        }
+        if parts.version == Version::HTTP_2 {
+            headers::join_cookies(&mut parts.headers);
         }
         let Some(uri) = upstream_uri(&settings.upstream, &parts.uri) else {
             return Ok(local(
@@ -169,22 +177,25 @@ impl Proxy {
         };
         parts.uri = uri;
         parts.version = Version::HTTP_11;
+        labels.apply(&mut parts.headers, &settings.labels);
 
         // Send.
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            settings.response_timeout,
-            self.client.request(Request::from_parts(parts, body)),
-        )
-        .await;
-        let mut response = match result {
-            Ok(Ok(response)) => response,
-            Ok(Err(e)) => {
-                tracing::debug!(error = ?e, "upstream request failed");
-                return Ok(self.upstream_failed(upstream::error_kind(&e), done));
-            }
-            Err(_) => return Ok(self.upstream_failed(UpstreamError::ResponseTimeout, done)),
-        };
+        let request = Request::from_parts(parts, body);
+        let mut response =
+            match upstream::send(&self.client, request, settings.response_timeout).await {
+                Ok(response) => response,
+                Err(SendError::Upstream(kind)) => return Ok(self.upstream_failed(kind, done)),
+                Err(SendError::ClientAborted) => {
+                    self.metrics.client_aborts.inc();
+                    done.error = Some(Failure::ClientAborted);
+                    return Ok(local(
+                        StatusCode::BAD_REQUEST,
+                        br#"{"error":"bad_request"}"#,
+                        done,
+                    ));
+                }
+            };
         let took = sent.elapsed();
         self.metrics.observe_upstream(took);
         done.upstream = Some(took);
@@ -205,7 +216,7 @@ impl Proxy {
 
     fn upstream_failed(&self, kind: UpstreamError, mut done: Completion) -> Response<ProxyBody> {
         self.metrics.count_upstream_error(kind);
-        done.error = Some(kind);
+        done.error = Some(Failure::Upstream(kind));
         if kind.is_timeout() {
             local(
                 StatusCode::GATEWAY_TIMEOUT,

@@ -405,9 +405,17 @@ pub async fn raw_exchange(
     addr: SocketAddr,
     request: &[u8],
 ) -> (String, Vec<(String, String)>, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
+    raw_exchange_on(stream).await
+}
+
+/// Read a raw response from a connection whose request was already sent.
+pub async fn raw_exchange_on(
+    mut stream: tokio::net::TcpStream,
+) -> (String, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {
