@@ -736,3 +736,20 @@ async fn a_client_abandoning_its_upload_is_not_an_upstream_error() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http10_upstream_does_not_downgrade_the_client() {
+    let up = upstream(|req| async move {
+        let mut response = echo(req).await;
+        *response.version_mut() = http::Version::HTTP_10;
+        response
+    })
+    .await;
+    let usher = Usher::start(&config(&up, ""));
+    let (status_line, _, _) = raw_exchange(
+        usher.proxy,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+}

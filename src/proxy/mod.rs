@@ -152,6 +152,7 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
+        let client_version = parts.version;
         let trusted_peer = settings.trusted.trusts(&peer_ip);
         headers::set_forwarding(
             &mut parts.headers,
@@ -210,6 +211,8 @@ impl Proxy {
             upgrade::tunnel(client_upgrade, upstream_upgrade, self.metrics.clone());
         }
         headers::strip_hop_by_hop(response.headers_mut(), switching);
+        // The client hears its own protocol, whatever the upstream spoke.
+        *response.version_mut() = client_version;
         done.status = response.status().as_u16();
         Ok(response.map(|body| ProxyBody::upstream(body, done)))
     }
