@@ -2,6 +2,8 @@
 //! verdict. One entry point shared by every front door (serve, and later
 //! replay and explain), so they can never disagree.
 
+use crate::config::identity::OnInvalid;
+use crate::config::{Config, ConfigError};
 use crate::facts::Facts;
 use crate::identity::{Identity, IdentityStage};
 use crate::rules::{Outcome, RuleSet};
@@ -33,11 +35,23 @@ pub struct Classifier {
 impl Classifier {
     /// A pipeline with the given rules and no credential sources.
     pub fn new(rules: RuleSet) -> Self {
+        Self::with_identity(IdentityStage::default(), rules)
+    }
+
+    /// A pipeline with the given credential sources and rules.
+    pub fn with_identity(identity: IdentityStage, rules: RuleSet) -> Self {
         Classifier {
-            identity: IdentityStage::default(),
+            identity,
             signals: SignalsStage::default(),
             rules,
         }
+    }
+
+    /// Compile the pipeline a config describes, loading key material.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let identity = IdentityStage::from_config(&config.identity, &config.origin.dir)
+            .map_err(|e| config.origin.error_at(e.span, e.message))?;
+        Ok(Self::with_identity(identity, RuleSet::default()))
     }
 
     /// Run every stage on one request.
@@ -45,7 +59,12 @@ impl Classifier {
         let identity = self.identity.identify(facts);
         let signals = self.signals.observe(facts, &identity);
         let mut outcome = self.rules.evaluate(facts, &identity, &signals);
-        let verdict = decide(&identity, &mut outcome, self.rules.bot_threshold());
+        let mut verdict = decide(&identity, &mut outcome, self.rules.bot_threshold());
+        if matches!(identity, Identity::Invalid { .. })
+            && self.identity.on_invalid() == OnInvalid::Deny
+        {
+            verdict.action = Action::Deny;
+        }
         Classification {
             identity,
             signals,

@@ -112,7 +112,8 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn check(args: &CheckArgs) -> Result<(), CliError> {
-    Config::load(&args.config)?;
+    let config = Config::load(&args.config)?;
+    Classifier::from_config(&config)?;
     println!("{}: ok", args.config.display());
     Ok(())
 }
@@ -138,6 +139,7 @@ pub fn serve_config(args: &ServeArgs) -> Result<Config, ConfigError> {
 
 fn serve(args: ServeArgs) -> Result<(), CliError> {
     let config = serve_config(&args)?;
+    let classifier = Classifier::from_config(&config)?;
     init_tracing();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
@@ -145,7 +147,7 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     let runtime = runtime.enable_all().build().map_err(CliError::Runtime)?;
     runtime.block_on(async {
-        let server = Server::bind(config, Classifier::default()).await?;
+        let server = Server::bind(config, classifier).await?;
         server.run(shutdown_signal()).await;
         Ok(())
     })

@@ -8,6 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::identity::{Identity, InvalidReason, Source};
 use crate::verdict::{Action, Class};
 
 /// Why a request could not be served by the upstream.
@@ -91,6 +92,8 @@ pub struct Metrics {
     classify_duration: Histogram,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; UpstreamError::ALL.len()],
+    /// Per source: index 0 counts verified credentials, 1.. each failure.
+    verifications: [[IntCounter; 1 + InvalidReason::ALL.len()]; Source::ALL.len()],
     /// Client connections currently open.
     pub connections_active: IntGauge,
     /// Upgraded (WebSocket) tunnels currently open.
@@ -186,6 +189,24 @@ impl Metrics {
         let upstream_errors =
             UpstreamError::ALL.map(|k| errors_vec.with_label_values(&[k.as_str()]));
 
+        let verifications_vec = IntCounterVec::new(
+            Opts::new(
+                "usher_identity_verifications_total",
+                "Credentials checked, by source and result (ok or why they failed).",
+            ),
+            &["source", "result"],
+        )?;
+        registry.register(Box::new(verifications_vec.clone()))?;
+        let verifications = Source::ALL.map(|source| {
+            std::array::from_fn(|i| {
+                let result = match i {
+                    0 => "ok",
+                    _ => InvalidReason::ALL[i - 1].as_str(),
+                };
+                verifications_vec.with_label_values(&[source.as_str(), result])
+            })
+        });
+
         let connections_active = IntGauge::new(
             "usher_connections_active",
             "Client connections currently open.",
@@ -229,6 +250,7 @@ impl Metrics {
             classify_duration,
             upstream_duration,
             upstream_errors,
+            verifications,
             connections_active,
             upgrades_active,
             access_log_dropped,
@@ -254,6 +276,16 @@ impl Metrics {
     /// Record how long the upstream took to answer with a head.
     pub fn observe_upstream(&self, took: Duration) {
         self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    /// Count the outcome of checking a request's credential, if it had one.
+    pub fn count_identity(&self, identity: &Identity) {
+        let (source, i) = match identity {
+            Identity::Anonymous => return,
+            Identity::User { source, .. } | Identity::Service { source, .. } => (source, 0),
+            Identity::Invalid { source, reason } => (source, 1 + *reason as usize),
+        };
+        self.verifications[*source as usize][i].inc();
     }
 
     /// Count one upstream failure.
@@ -297,6 +329,24 @@ mod tests {
         assert!(text.contains(r#"usher_build_info{version=""#));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("usher_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn identity_outcomes_have_their_own_series() {
+        let m = Metrics::new().unwrap();
+        m.count_identity(&Identity::Invalid {
+            source: Source::Jwt,
+            reason: InvalidReason::DisallowedAlgorithm,
+        });
+        m.count_identity(&Identity::Anonymous);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains(
+            r#"usher_identity_verifications_total{result="disallowed_algorithm",source="jwt"} 1"#
+        ));
+        assert!(text.contains(r#"usher_identity_verifications_total{result="ok",source="jwt"} 0"#));
+        for (i, reason) in InvalidReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i);
         }
     }
 

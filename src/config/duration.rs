@@ -1,12 +1,23 @@
 //! Durations in config files: a number and a unit, like `250ms`, `10s`,
-//! `1.5m` or `2h`. Anything under a millisecond or over a week is rejected.
+//! `1.5m` or `2h`. At most a week; timeouts at least a millisecond.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Parse `<number><unit>` with unit `ms`, `s`, `m` or `h`.
+const MAX: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Parse `<number><unit>` with unit `ms`, `s`, `m` or `h`, between 1ms and
+/// a week.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let duration = parse_any(s)?;
+    if duration < Duration::from_millis(1) {
+        return Err(format!("`{s}`: a duration must be at least 1ms"));
+    }
+    Ok(duration)
+}
+
+fn parse_any(s: &str) -> Result<Duration, String> {
     let err = || format!("`{s}` is not a duration like \"250ms\", \"10s\", \"5m\" or \"1h\"");
     let split = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -21,10 +32,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(err()),
     };
     let duration = Duration::try_from_secs_f64(seconds).map_err(|_| err())?;
-    if duration < Duration::from_millis(1) {
-        return Err(format!("`{s}`: a duration must be at least 1ms"));
-    }
-    if duration > Duration::from_secs(7 * 24 * 3600) {
+    if duration > MAX {
         return Err(format!("`{s}`: a duration must be at most a week"));
     }
     Ok(duration)
@@ -34,6 +42,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// `deserialize_with` helper for durations that may be zero (`"0s"`).
+pub fn deserialize_allow_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    match parse_any(&s) {
+        Ok(d) if d.is_zero() => Ok(d),
+        _ => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +63,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_any("0s"), Ok(Duration::ZERO));
     }
 
     #[test]

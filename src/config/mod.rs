@@ -3,6 +3,7 @@
 //! and column; unknown keys are errors.
 
 mod duration;
+pub mod identity;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 use crate::forwarded::{Cidr, ClientIpHeader, TrustedProxies};
 
 pub use duration::parse_duration;
+pub use identity::IdentityConfig;
 pub use upstream::Upstream;
 
 /// A configuration that could not be read or is invalid.
@@ -77,6 +79,42 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Per-client state.
     pub state: StateConfig,
+    /// Where this config was read from, to resolve relative paths and
+    /// place errors found after parsing.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// The file a config came from and its text.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// The file's name as given (`<defaults>` when there is none).
+    pub file: String,
+    /// The folder relative paths in the config are taken from.
+    pub dir: std::path::PathBuf,
+    /// The file's text.
+    pub text: std::sync::Arc<str>,
+}
+
+impl Origin {
+    /// An error at a byte span of the file.
+    pub fn error_at(&self, span: Option<std::ops::Range<usize>>, message: String) -> ConfigError {
+        match span {
+            Some(span) => {
+                let (line, column) = line_column(&self.text, span.start);
+                ConfigError::Invalid {
+                    file: self.file.clone(),
+                    line,
+                    column,
+                    message,
+                }
+            }
+            None => ConfigError::Inconsistent {
+                file: self.file.clone(),
+                message,
+            },
+        }
+    }
 }
 
 impl Default for Config {
@@ -93,6 +131,11 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             identity: IdentityConfig::default(),
             state: StateConfig::default(),
+            origin: Origin {
+                file: "<defaults>".to_owned(),
+                dir: std::path::PathBuf::from("."),
+                text: std::sync::Arc::from(""),
+            },
         }
     }
 }
@@ -175,11 +218,6 @@ impl Default for Timeouts {
     }
 }
 
-/// Credential sources. None are supported yet, so the table must be empty.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityConfig {}
-
 /// Per-client state. Nothing is configurable yet, so the table must be empty.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,17 +230,28 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        config.origin.dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        Ok(config)
     }
 
     /// Parse and validate config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::Deserializer::parse(text)
+        let mut config: Config = toml::Deserializer::parse(text)
             .map_err(|e| invalid(text, file, String::new(), &e))
             .and_then(|de| {
                 serde_path_to_error::deserialize(de)
                     .map_err(|e| invalid(text, file, e.path().to_string(), e.inner()))
             })?;
+        config.origin = Origin {
+            file: file.to_owned(),
+            dir: std::path::PathBuf::from("."),
+            text: std::sync::Arc::from(text),
+        };
         config.check_consistency(file)?;
         Ok(config)
     }
@@ -341,7 +390,8 @@ mod tests {
 
     #[test]
     fn shipped_usher_toml_documents_the_defaults() {
-        let shipped = Config::parse(include_str!("../../usher.toml"), "usher.toml").unwrap();
+        let mut shipped = Config::parse(include_str!("../../usher.toml"), "usher.toml").unwrap();
+        shipped.origin = Config::default().origin;
         assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
     }
 
@@ -367,14 +417,27 @@ mod tests {
                 "usher.toml does not document `{key}`"
             );
         }
+        let text = include_str!("../../usher.toml");
+        // Arrays of tables are documented as a commented example.
+        let commented = |key: &str| {
+            text.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[identity.{key}]]"))
+            })
+        };
         for table in ["labels", "timeouts", "identity", "state"] {
             let documented = shipped[table].as_table().unwrap();
             for key in known_keys(Some(table)) {
                 assert!(
-                    documented.contains_key(&key),
+                    documented.contains_key(&key) || commented(&key),
                     "usher.toml does not document `{table}.{key}`"
                 );
             }
+        }
+        let issuer_keys = known_keys(Some("[identity.jwt]"));
+        assert!(issuer_keys.contains(&"issuer".to_owned()), "{issuer_keys:?}");
+        for key in issuer_keys {
+            assert!(commented(&key), "usher.toml does not document `identity.jwt.{key}`");
         }
     }
 

@@ -111,11 +111,12 @@ impl Proxy {
         let client_ip = settings.trusted.client_ip(peer_ip, &parts.headers);
         let now = SystemTime::now();
         let clock = Instant::now();
-        let verdict = settings
+        let classification = settings
             .classifier
-            .classify(&Facts::new(&parts, peer_ip, client_ip, now))
-            .verdict;
+            .classify(&Facts::new(&parts, peer_ip, client_ip, now));
         self.metrics.observe_classify(clock.elapsed());
+        self.metrics.count_identity(&classification.identity);
+        let verdict = classification.verdict;
         self.metrics.count_request(verdict.class, verdict.action);
         let (class, action) = (verdict.class, verdict.action);
         let labels = headers::LabelValues::new(&verdict);

@@ -225,14 +225,20 @@ pub fn usher_bin() -> &'static str {
 impl Usher {
     /// Start `usher serve` with `config` (TOML text, ports may be 0).
     pub fn start(config: &str) -> Usher {
+        Self::start_env(config, &[])
+    }
+
+    /// Start with extra environment variables.
+    pub fn start_env(config: &str, env: &[(&str, &str)]) -> Usher {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("usher.toml");
         std::fs::write(&path, config).unwrap();
-        Self::start_with(&path, dir)
+        Self::start_with(&path, dir, env)
     }
 
-    fn start_with(path: &Path, dir: tempfile::TempDir) -> Usher {
+    fn start_with(path: &Path, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Usher {
         let mut child = Command::new(usher_bin())
+            .envs(env.iter().copied())
             .args(["serve", "--config"])
             .arg(path)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])

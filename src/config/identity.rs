@@ -1,0 +1,156 @@
+//! The `[identity]` table: credential sources, as written in the file.
+//! Key material is loaded and checked when the identity stage is built.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use super::duration;
+
+/// Credential sources and what to do with credentials that fail.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// What happens to a request whose credential failed verification.
+    pub on_invalid: OnInvalid,
+    /// JWT issuers, one table each (`[[identity.jwt]]`).
+    pub jwt: Vec<JwtIssuerConfig>,
+}
+
+/// What happens to a request whose credential failed verification.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInvalid {
+    /// Forward it as `public_visitor` (the credential gets no trust).
+    #[default]
+    Forward,
+    /// Refuse it with 403.
+    Deny,
+}
+
+/// One JWT issuer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// The exact `iss` value of its tokens.
+    #[serde(deserialize_with = "non_empty")]
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name at least one.
+    #[serde(deserialize_with = "one_or_many_non_empty")]
+    pub audience: Vec<String>,
+    /// Algorithms its tokens may use, e.g. `["RS256"]`.
+    #[serde(deserialize_with = "algorithms")]
+    pub algorithms: Vec<Spanned<String>>,
+    /// Environment variable holding the HMAC secret (HS256/384/512).
+    #[serde(default)]
+    pub secret_env: Option<Spanned<String>>,
+    /// File holding the HMAC secret (trailing newline ignored).
+    #[serde(default)]
+    pub secret_file: Option<Spanned<String>>,
+    /// PEM public key (RSA, EC P-256/P-384 or Ed25519).
+    #[serde(default)]
+    pub public_key_file: Option<Spanned<String>>,
+    /// JWKS document with the issuer's public keys.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// Clock skew tolerated for `exp`, `nbf` and `iat`.
+    #[serde(
+        default = "default_leeway",
+        deserialize_with = "duration::deserialize_allow_zero"
+    )]
+    pub leeway: Duration,
+    /// Also read the token from this cookie (after `Authorization: Bearer`).
+    #[serde(default)]
+    pub cookie: Option<String>,
+    /// The claim naming the account.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// Claims that make a verified account `paying_customer` (any matches).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub paying: Vec<ClaimMatch>,
+    /// Claims that make a verified token a `service_client` (any matches).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub service: Vec<ClaimMatch>,
+    /// A token with `client_id` or `azp` but no subject claim is a service
+    /// client (the OAuth client-credentials shape).
+    #[serde(default)]
+    pub service_without_subject: bool,
+}
+
+/// `{ claim = "plan", any_of = ["pro", "enterprise"] }`: the claim is one
+/// of the values, or (for an array claim, or a space-separated `scope` /
+/// `scp` string) contains one of them. Matching is exact.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimMatch {
+    /// The claim's name.
+    #[serde(deserialize_with = "non_empty")]
+    pub claim: String,
+    /// The values that match.
+    #[serde(deserialize_with = "one_or_many_non_empty")]
+    pub any_of: Vec<String>,
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_subject_claim() -> String {
+    "sub".to_owned()
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Err(serde::de::Error::custom("must not be empty"));
+    }
+    Ok(s)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+fn one_or_many<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
+}
+
+fn one_or_many_non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let values: Vec<String> = one_or_many(d)?;
+    if values.is_empty() || values.iter().any(String::is_empty) {
+        return Err(serde::de::Error::custom(
+            "expected a non-empty string or a non-empty list of non-empty strings",
+        ));
+    }
+    Ok(values)
+}
+
+/// The JWS algorithms usher verifies; `none` is not among them.
+pub const ALGORITHMS: &[&str] = &[
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+fn algorithms<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Spanned<String>>, D::Error> {
+    let algs = Vec::<Spanned<String>>::deserialize(d)?;
+    if algs.is_empty() {
+        return Err(serde::de::Error::custom("name at least one algorithm"));
+    }
+    for alg in &algs {
+        if !ALGORITHMS.contains(&alg.get_ref().as_str()) {
+            return Err(serde::de::Error::custom(format!(
+                "unknown algorithm `{}`, expected one of {}",
+                alg.get_ref(),
+                ALGORITHMS.join(", ")
+            )));
+        }
+    }
+    Ok(algs)
+}

@@ -1,0 +1,341 @@
+//! Identity stage: who the credentials on a request say it is, after
+//! verification. Nothing here trusts a claim it has not verified, and
+//! credentials are read only from the places the config names.
+
+pub mod jwt;
+pub mod keys;
+pub mod strict_json;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE};
+
+use crate::config::identity::{IdentityConfig, JwtIssuerConfig, OnInvalid};
+use crate::facts::Facts;
+use crate::verdict::Class;
+use jwt::{Issuer, JwtVerifier};
+use keys::{KeyError, VerifyingKey};
+
+/// Where a credential came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A JWT bearer token or token cookie.
+    Jwt,
+}
+
+impl Source {
+    /// Every source, in a fixed order.
+    pub const ALL: [Source; 1] = [Source::Jwt];
+
+    /// The `source` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Jwt => "jwt",
+        }
+    }
+}
+
+/// What the credentials on a request established.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// No credential was presented.
+    #[default]
+    Anonymous,
+    /// A verified person's account.
+    User {
+        /// The credential that verified.
+        source: Source,
+        /// The verified subject (`sub` or the configured claim).
+        subject: Arc<str>,
+        /// Whether the account's plan is paid.
+        tier: Tier,
+    },
+    /// A verified machine client (API key, client-credentials token).
+    Service {
+        /// The credential that verified.
+        source: Source,
+        /// The verified client id or key owner.
+        client_id: Arc<str>,
+    },
+    /// A credential was presented and failed verification.
+    Invalid {
+        /// The credential that failed.
+        source: Source,
+        /// Why it failed, in a bounded vocabulary.
+        reason: InvalidReason,
+    },
+}
+
+/// The plan of a verified account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// A free plan: `registered_user`.
+    Free,
+    /// A paid plan or entitlement: `paying_customer`.
+    Paying,
+}
+
+/// Why a presented credential did not verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InvalidReason {
+    /// Not parseable as the credential it claims to be, or claims of the
+    /// wrong type.
+    Malformed,
+    /// The signature does not match.
+    BadSignature,
+    /// No configured key can check it.
+    UnknownKey,
+    /// Past its `exp`.
+    Expired,
+    /// Before its `nbf` (or issued in the future).
+    NotYetValid,
+    /// Issued by an issuer that is not configured.
+    WrongIssuer,
+    /// Issued for another audience.
+    WrongAudience,
+    /// Signed with an algorithm its issuer does not pin (`none` included).
+    DisallowedAlgorithm,
+}
+
+impl InvalidReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [InvalidReason; 8] = [
+        InvalidReason::Malformed,
+        InvalidReason::BadSignature,
+        InvalidReason::UnknownKey,
+        InvalidReason::Expired,
+        InvalidReason::NotYetValid,
+        InvalidReason::WrongIssuer,
+        InvalidReason::WrongAudience,
+        InvalidReason::DisallowedAlgorithm,
+    ];
+
+    /// The `result` label value and the access log's word for it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            InvalidReason::Malformed => "malformed",
+            InvalidReason::BadSignature => "bad_signature",
+            InvalidReason::UnknownKey => "unknown_key",
+            InvalidReason::Expired => "expired",
+            InvalidReason::NotYetValid => "not_yet_valid",
+            InvalidReason::WrongIssuer => "wrong_issuer",
+            InvalidReason::WrongAudience => "wrong_audience",
+            InvalidReason::DisallowedAlgorithm => "disallowed_algorithm",
+        }
+    }
+}
+
+impl Identity {
+    /// The class this identity earns on its own, before any rule speaks.
+    pub fn class(&self) -> Class {
+        match self {
+            Identity::Anonymous | Identity::Invalid { .. } => Class::PublicVisitor,
+            Identity::User {
+                tier: Tier::Free, ..
+            } => Class::RegisteredUser,
+            Identity::User {
+                tier: Tier::Paying, ..
+            } => Class::PayingCustomer,
+            Identity::Service { .. } => Class::ServiceClient,
+        }
+    }
+
+    /// The verified subject or client id, if any.
+    pub fn subject(&self) -> Option<&Arc<str>> {
+        match self {
+            Identity::User { subject, .. } => Some(subject),
+            Identity::Service { client_id, .. } => Some(client_id),
+            Identity::Anonymous | Identity::Invalid { .. } => None,
+        }
+    }
+
+    /// The source of the credential presented, if any.
+    pub fn source(&self) -> Option<Source> {
+        match self {
+            Identity::Anonymous => None,
+            Identity::User { source, .. }
+            | Identity::Service { source, .. }
+            | Identity::Invalid { source, .. } => Some(*source),
+        }
+    }
+}
+
+/// A credential source that could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct IdentityConfigError {
+    /// Byte span of the offending value in the config file, if known.
+    pub span: Option<std::ops::Range<usize>>,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+/// The configured credential verifiers.
+#[derive(Debug, Default)]
+pub struct IdentityStage {
+    jwt: JwtVerifier,
+    jwt_cookies: Vec<String>,
+    on_invalid: OnInvalid,
+}
+
+impl IdentityStage {
+    /// Build the verifiers, loading key material; relative paths are taken
+    /// from `base` (the config file's folder).
+    pub fn from_config(config: &IdentityConfig, base: &Path) -> Result<Self, IdentityConfigError> {
+        let mut issuers = Vec::with_capacity(config.jwt.len());
+        let mut jwt_cookies = Vec::new();
+        for (i, issuer) in config.jwt.iter().enumerate() {
+            issuers.push(compile_issuer(i, issuer, base)?);
+            if let Some(cookie) = &issuer.cookie
+                && !jwt_cookies.contains(cookie)
+            {
+                jwt_cookies.push(cookie.clone());
+            }
+        }
+        Ok(IdentityStage {
+            jwt: JwtVerifier::new(issuers),
+            jwt_cookies,
+            on_invalid: config.on_invalid,
+        })
+    }
+
+    /// What to do with requests whose credential failed.
+    pub fn on_invalid(&self) -> OnInvalid {
+        self.on_invalid
+    }
+
+    /// Verify the credentials a request carries.
+    pub fn identify(&self, facts: &Facts<'_>) -> Identity {
+        if self.jwt.is_empty() {
+            return Identity::Anonymous;
+        }
+        let Some(token) = bearer(facts.headers).or_else(|| self.jwt_cookie(facts.headers)) else {
+            return Identity::Anonymous;
+        };
+        match self.jwt.verify(token, facts.now) {
+            Ok(identity) => identity,
+            Err(reason) => Identity::Invalid {
+                source: Source::Jwt,
+                reason,
+            },
+        }
+    }
+
+    fn jwt_cookie<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        self.jwt_cookies
+            .iter()
+            .find_map(|name| cookie(headers, name))
+    }
+}
+
+/// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The value of cookie `name` (the first, if repeated).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+        .filter(|v| !v.is_empty())
+}
+
+fn compile_issuer(
+    i: usize,
+    c: &JwtIssuerConfig,
+    base: &Path,
+) -> Result<Issuer, IdentityConfigError> {
+    let key = |field: &str| format!("identity.jwt[{i}].{field}");
+    let fail = |span: std::ops::Range<usize>, field: &str, e: KeyError| IdentityConfigError {
+        span: Some(span),
+        message: format!("`{}`: {e}", key(field)),
+    };
+    let mut keys: Vec<VerifyingKey> = Vec::new();
+    if let Some(env) = &c.secret_env {
+        keys.push(
+            keys::secret_from_env(env.get_ref()).map_err(|e| fail(env.span(), "secret_env", e))?,
+        );
+    }
+    if let Some(file) = &c.secret_file {
+        let path = base.join(file.get_ref());
+        keys.push(keys::secret_from_file(&path).map_err(|e| fail(file.span(), "secret_file", e))?);
+    }
+    if let Some(file) = &c.public_key_file {
+        let path = base.join(file.get_ref());
+        keys.push(
+            keys::public_key_from_pem(&path)
+                .map_err(|e| fail(file.span(), "public_key_file", e))?,
+        );
+    }
+    // Explicitly configured keys must each serve a pinned algorithm; a JWKS
+    // document may carry keys for algorithms this issuer does not use.
+    let explicit = keys.len();
+    if let Some(file) = &c.jwks_file {
+        let path = base.join(file.get_ref());
+        keys.extend(
+            keys::keys_from_jwks_file(&path).map_err(|e| fail(file.span(), "jwks_file", e))?,
+        );
+    }
+    let mut algorithms = Vec::with_capacity(c.algorithms.len());
+    for name in &c.algorithms {
+        // Names were checked when the file was read.
+        let Some(alg) = jwt::algorithm(name.get_ref()) else {
+            continue;
+        };
+        if !keys.iter().any(|k| k.key.family() == alg.family()) {
+            return Err(IdentityConfigError {
+                span: Some(name.span()),
+                message: format!(
+                    "`{}`: {} needs a {} key, and none is configured (secret_env, secret_file, public_key_file or jwks_file)",
+                    key("algorithms"),
+                    name.get_ref(),
+                    keys::family_name(alg.family())
+                ),
+            });
+        }
+        algorithms.push(alg);
+    }
+    // A key no pinned algorithm can use is a mistake waiting to happen
+    // (an RSA public key next to HS256 is the algorithm-confusion set-up).
+    if let Some(unused) = keys[..explicit]
+        .iter()
+        .find(|k| !algorithms.iter().any(|a| a.family() == k.key.family()))
+    {
+        return Err(IdentityConfigError {
+            span: c.algorithms.first().map(|a| a.span()),
+            message: format!(
+                "`{}`: a {} key is configured but no pinned algorithm uses it",
+                key("algorithms"),
+                keys::family_name(unused.key.family())
+            ),
+        });
+    }
+    Ok(Issuer {
+        issuer: c.issuer.clone(),
+        audience: c.audience.clone(),
+        algorithms,
+        keys,
+        leeway: c.leeway,
+        subject_claim: c.subject_claim.clone(),
+        paying: c.paying.clone(),
+        service: c.service.clone(),
+        service_without_subject: c.service_without_subject,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,590 @@
+//! JWT verification against tokens minted here with the fixture keys.
+
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::config::Config;
+
+const NOW: u64 = 1_800_000_000;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt")
+}
+
+fn stage(issuers: &str) -> IdentityStage {
+    let config = Config::parse(issuers, "test.toml").unwrap();
+    IdentityStage::from_config(&config.identity, &fixtures()).unwrap()
+}
+
+fn stage_err(issuers: &str) -> String {
+    let config = Config::parse(issuers, "test.toml").unwrap();
+    IdentityStage::from_config(&config.identity, &fixtures())
+        .unwrap_err()
+        .message
+}
+
+/// One issuer per key type, all for audience `web`.
+fn all_issuers() -> IdentityStage {
+    stage(
+        r#"
+[[identity.jwt]]
+issuer = "https://hs.example/"
+audience = "web"
+algorithms = ["HS256"]
+secret_file = "hs.secret"
+paying = [{ claim = "plan", any_of = ["pro", "enterprise"] }, { claim = "roles", any_of = "subscriber" }]
+service = { claim = "gty", any_of = ["client-credentials"] }
+service_without_subject = true
+
+[[identity.jwt]]
+issuer = "https://rs.example/"
+audience = ["web", "api"]
+algorithms = ["RS256"]
+public_key_file = "rsa.pub.pem"
+cookie = "access_token"
+
+[[identity.jwt]]
+issuer = "https://es.example/"
+audience = "web"
+algorithms = ["ES256"]
+public_key_file = "ec.pub.pem"
+
+[[identity.jwt]]
+issuer = "https://ed.example/"
+audience = "web"
+algorithms = ["EdDSA"]
+public_key_file = "ed.pub.pem"
+leeway = "0s"
+"#,
+    )
+}
+
+fn encoding_key(alg: Algorithm) -> EncodingKey {
+    let read = |name: &str| std::fs::read(fixtures().join(name)).unwrap();
+    match alg {
+        Algorithm::HS256 => EncodingKey::from_secret(b"test-only-hmac-secret-0123456789abcdefghij"),
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(&read("rsa.key.pem")).unwrap(),
+        Algorithm::ES256 => EncodingKey::from_ec_pem(&read("ec.key.pem")).unwrap(),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&read("ed.key.pem")).unwrap(),
+        other => panic!("no fixture for {other:?}"),
+    }
+}
+
+fn issuer_for(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "https://hs.example/",
+        Algorithm::RS256 => "https://rs.example/",
+        Algorithm::ES256 => "https://es.example/",
+        _ => "https://ed.example/",
+    }
+}
+
+fn claims(alg: Algorithm) -> Value {
+    json!({
+        "iss": issuer_for(alg),
+        "aud": "web",
+        "sub": "user-1",
+        "exp": NOW + 600,
+        "iat": NOW - 10,
+    })
+}
+
+fn mint(alg: Algorithm, claims: &Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &encoding_key(alg)).unwrap()
+}
+
+/// Sign arbitrary header and payload JSON text with `alg`'s fixture key.
+fn mint_raw(alg: Algorithm, header: &str, payload: &str) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(payload)
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &encoding_key(alg), alg).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn check(stage: &IdentityStage, token: &str) -> Identity {
+    check_at(stage, token, NOW)
+}
+
+fn check_at(stage: &IdentityStage, token: &str, now: u64) -> Identity {
+    let (parts, ()) = http::Request::builder()
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    let ip = "192.0.2.1".parse().unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(now);
+    stage.identify(&Facts::new(&parts, ip, ip, at))
+}
+
+fn invalid(reason: InvalidReason) -> Identity {
+    Identity::Invalid {
+        source: Source::Jwt,
+        reason,
+    }
+}
+
+#[test]
+fn each_algorithm_verifies_a_good_token() {
+    let stage = all_issuers();
+    for alg in [
+        Algorithm::HS256,
+        Algorithm::RS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
+        let identity = check(&stage, &mint(alg, &claims(alg)));
+        assert_eq!(
+            identity,
+            Identity::User {
+                source: Source::Jwt,
+                subject: Arc::from("user-1"),
+                tier: Tier::Free
+            },
+            "{alg:?}"
+        );
+    }
+}
+
+#[test]
+fn claims_decide_paying_and_service() {
+    let stage = all_issuers();
+    let mut c = claims(Algorithm::HS256);
+    c["plan"] = json!("pro");
+    assert_eq!(
+        check(&stage, &mint(Algorithm::HS256, &c)).class(),
+        Class::PayingCustomer
+    );
+    c["plan"] = json!("PRO");
+    assert_eq!(
+        check(&stage, &mint(Algorithm::HS256, &c)).class(),
+        Class::RegisteredUser,
+        "no case folding"
+    );
+    c["roles"] = json!(["reader", "subscriber"]);
+    assert_eq!(
+        check(&stage, &mint(Algorithm::HS256, &c)).class(),
+        Class::PayingCustomer
+    );
+
+    let mut s = claims(Algorithm::HS256);
+    s["gty"] = json!("client-credentials");
+    s["azp"] = json!("billing-worker");
+    assert_eq!(
+        check(&stage, &mint(Algorithm::HS256, &s)),
+        Identity::Service {
+            source: Source::Jwt,
+            client_id: Arc::from("billing-worker")
+        }
+    );
+    let mut cc = claims(Algorithm::HS256);
+    cc.as_object_mut().unwrap().remove("sub");
+    cc["client_id"] = json!("cron");
+    assert_eq!(
+        check(&stage, &mint(Algorithm::HS256, &cc)).class(),
+        Class::ServiceClient
+    );
+    cc.as_object_mut().unwrap().remove("client_id");
+    assert_eq!(
+        check(&stage, &mint(Algorithm::HS256, &cc)),
+        invalid(InvalidReason::Malformed),
+        "neither a subject nor a client id"
+    );
+}
+
+#[test]
+fn time_claims_are_enforced_with_leeway() {
+    let stage = all_issuers();
+    let alg = Algorithm::HS256;
+    let mut c = claims(alg);
+    c["exp"] = json!(NOW - 31);
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::Expired)
+    );
+    c["exp"] = json!(NOW - 29);
+    assert!(
+        matches!(check(&stage, &mint(alg, &c)), Identity::User { .. }),
+        "within 30s leeway"
+    );
+    let mut c = claims(alg);
+    c["nbf"] = json!(NOW + 120);
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::NotYetValid)
+    );
+    let mut c = claims(alg);
+    c["iat"] = json!(NOW + 120);
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::NotYetValid)
+    );
+
+    // No leeway on the Ed25519 issuer: expiry at the very second counts.
+    let mut c = claims(Algorithm::EdDSA);
+    c["exp"] = json!(NOW);
+    assert_eq!(
+        check(&stage, &mint(Algorithm::EdDSA, &c)),
+        invalid(InvalidReason::Expired)
+    );
+}
+
+#[test]
+fn malformed_time_claims_are_rejected() {
+    let stage = all_issuers();
+    let alg = Algorithm::HS256;
+    for exp in [
+        json!("1900000000"),
+        json!(null),
+        json!(-1),
+        json!(1e300),
+        json!([NOW + 60]),
+    ] {
+        let mut c = claims(alg);
+        c["exp"] = exp.clone();
+        assert_eq!(
+            check(&stage, &mint(alg, &c)),
+            invalid(InvalidReason::Malformed),
+            "exp {exp}"
+        );
+    }
+    let mut c = claims(alg);
+    c.as_object_mut().unwrap().remove("exp");
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::Malformed),
+        "exp required"
+    );
+    let huge = format!(
+        r#"{{"iss":"https://hs.example/","aud":"web","sub":"u","exp":{}}}"#,
+        "9".repeat(40)
+    );
+    assert_eq!(
+        check(&stage, &mint_raw(alg, r#"{"alg":"HS256"}"#, &huge)),
+        invalid(InvalidReason::Malformed)
+    );
+}
+
+#[test]
+fn issuer_and_audience_match_exactly() {
+    let stage = all_issuers();
+    let alg = Algorithm::RS256;
+    let mut c = claims(alg);
+    c["iss"] = json!("https://rs.example");
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::WrongIssuer)
+    );
+    let mut c = claims(alg);
+    c["iss"] = json!("https://RS.example/");
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::WrongIssuer)
+    );
+    let mut c = claims(alg);
+    c.as_object_mut().unwrap().remove("iss");
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::WrongIssuer)
+    );
+    let mut c = claims(alg);
+    c["aud"] = json!("web ");
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::WrongAudience)
+    );
+    c["aud"] = json!(["other", "api"]);
+    assert!(matches!(
+        check(&stage, &mint(alg, &c)),
+        Identity::User { .. }
+    ));
+    c["aud"] = json!(["other", 7]);
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::Malformed)
+    );
+    c.as_object_mut().unwrap().remove("aud");
+    assert_eq!(
+        check(&stage, &mint(alg, &c)),
+        invalid(InvalidReason::WrongAudience)
+    );
+}
+
+#[test]
+fn signatures_and_algorithms_are_not_negotiable() {
+    let stage = all_issuers();
+    let payload = claims(Algorithm::RS256).to_string();
+
+    // alg: none, with and without a signature.
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+        URL_SAFE_NO_PAD.encode(&payload)
+    );
+    assert_eq!(check(&stage, &none), invalid(InvalidReason::Malformed));
+    let none_signed = format!("{none}AAAA");
+    assert_eq!(
+        check(&stage, &none_signed),
+        invalid(InvalidReason::DisallowedAlgorithm)
+    );
+
+    // RS256 → HS256 confusion: HMAC over the token with the RSA public key
+    // as the secret. The RS issuer pins RS256 only.
+    let public_pem = std::fs::read(fixtures().join("rsa.pub.pem")).unwrap();
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#),
+        URL_SAFE_NO_PAD.encode(&payload)
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(&public_pem),
+        Algorithm::HS256,
+    )
+    .unwrap();
+    assert_eq!(
+        check(&stage, &format!("{message}.{sig}")),
+        invalid(InvalidReason::DisallowedAlgorithm)
+    );
+
+    // A pinned algorithm of the wrong family for every key of the issuer.
+    let es_as_rs = mint_raw(Algorithm::ES256, r#"{"alg":"ES256"}"#, &payload);
+    assert_eq!(
+        check(&stage, &es_as_rs),
+        invalid(InvalidReason::DisallowedAlgorithm)
+    );
+
+    // Tampered payload, re-encoded with the original signature.
+    let good = mint(Algorithm::RS256, &claims(Algorithm::RS256));
+    let mut segments: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let mut forged = claims(Algorithm::RS256);
+    forged["sub"] = json!("admin");
+    segments[1] = URL_SAFE_NO_PAD.encode(forged.to_string());
+    assert_eq!(
+        check(&stage, &segments.join(".")),
+        invalid(InvalidReason::BadSignature)
+    );
+
+    // Signed with another RSA key, which the header even offers as `jwk`.
+    let other = EncodingKey::from_rsa_pem(&std::fs::read(fixtures().join("rsa2.key.pem")).unwrap())
+        .unwrap();
+    let header = r#"{"alg":"RS256","jwk":{"kty":"RSA","n":"AQAB","e":"AQAB"},"jku":"http://127.0.0.1:1/jwks"}"#;
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(&payload)
+    );
+    let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &other, Algorithm::RS256).unwrap();
+    assert_eq!(
+        check(&stage, &format!("{message}.{sig}")),
+        invalid(InvalidReason::BadSignature)
+    );
+}
+
+#[test]
+fn strict_json_and_crit() {
+    let stage = all_issuers();
+    let alg = Algorithm::HS256;
+    let base = r#""iss":"https://hs.example/","aud":"web","exp":1800000600"#;
+    let dup_sub = format!(r#"{{{base},"sub":"user-1","sub":"admin"}}"#);
+    assert_eq!(
+        check(&stage, &mint_raw(alg, r#"{"alg":"HS256"}"#, &dup_sub)),
+        invalid(InvalidReason::Malformed)
+    );
+    let ok = format!(r#"{{{base},"sub":"user-1"}}"#);
+    assert!(matches!(
+        check(&stage, &mint_raw(alg, r#"{"alg":"HS256"}"#, &ok)),
+        Identity::User { .. }
+    ));
+    for header in [
+        r#"{"alg":"HS256","alg":"HS256"}"#,
+        r#"{"alg":"HS256","crit":["exp"]}"#,
+        r#"{"alg":"HS256","crit":[]}"#,
+        r#"{"alg":"HS256","kid":7}"#,
+        r#"{"alg":["HS256"]}"#,
+        r#"{}"#,
+    ] {
+        assert_eq!(
+            check(&stage, &mint_raw(alg, header, &ok)),
+            invalid(InvalidReason::Malformed),
+            "{header}"
+        );
+    }
+    let wrong_type_sub = format!(r#"{{{base},"sub":42}}"#);
+    assert_eq!(
+        check(
+            &stage,
+            &mint_raw(alg, r#"{"alg":"HS256"}"#, &wrong_type_sub)
+        ),
+        invalid(InvalidReason::Malformed)
+    );
+}
+
+#[test]
+fn garbage_never_panics_and_never_verifies() {
+    let stage = all_issuers();
+    let good = mint(Algorithm::HS256, &claims(Algorithm::HS256));
+    let mut cases: Vec<String> = vec![
+        String::new(),
+        ".".into(),
+        "..".into(),
+        "...".into(),
+        "a.b.c".into(),
+        "a.b.c.d".into(),
+        format!("{good}."),
+        format!("{good}=="),
+        good.replace('.', ""),
+        "x".repeat(20_000),
+        format!("{}.e30.AAAA", URL_SAFE_NO_PAD.encode("{")),
+        "eyJhbGciOiJIUzI1NiJ9.%%.AAAA".into(),
+        "ey.ey.ey".into(),
+    ];
+    for i in 0..good.len() {
+        cases.push(good[..i].to_string());
+    }
+    for token in &cases {
+        let identity = check(&stage, token);
+        assert!(
+            matches!(identity, Identity::Invalid { .. } | Identity::Anonymous),
+            "{token:?} gave {identity:?}"
+        );
+    }
+}
+
+#[test]
+fn jwks_keys_are_chosen_by_kid() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = URL_SAFE_NO_PAD.encode("jwks-oct-secret-0123456789abcdefghijklmn");
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","k":"{secret}"}}]}}"#),
+    )
+    .unwrap();
+    let config = Config::parse(
+        r#"
+[[identity.jwt]]
+issuer = "https://jwks.example/"
+audience = "web"
+algorithms = ["HS256"]
+jwks_file = "jwks.json"
+"#,
+        "test.toml",
+    )
+    .unwrap();
+    let stage = IdentityStage::from_config(&config.identity, dir.path()).unwrap();
+    let key = EncodingKey::from_secret(b"jwks-oct-secret-0123456789abcdefghijklmn");
+    let mut c = claims(Algorithm::HS256);
+    c["iss"] = json!("https://jwks.example/");
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(&header, &c, &key).unwrap();
+    assert!(matches!(check(&stage, &token), Identity::User { .. }));
+    header.kid = Some("k2".into());
+    let token = jsonwebtoken::encode(&header, &c, &key).unwrap();
+    assert_eq!(check(&stage, &token), invalid(InvalidReason::UnknownKey));
+}
+
+#[test]
+fn tokens_are_read_only_from_configured_places() {
+    let stage = all_issuers();
+    let token = mint(Algorithm::RS256, &claims(Algorithm::RS256));
+    let read = |name: &str, value: String| {
+        let (parts, ()) = http::Request::builder()
+            .header(name, value)
+            .body(())
+            .unwrap()
+            .into_parts();
+        let ip = "192.0.2.1".parse().unwrap();
+        stage.identify(&Facts::new(
+            &parts,
+            ip,
+            ip,
+            UNIX_EPOCH + Duration::from_secs(NOW),
+        ))
+    };
+    assert!(matches!(
+        read("cookie", format!("a=b; access_token={token}")),
+        Identity::User { .. }
+    ));
+    assert_eq!(
+        read("cookie", format!("other_token={token}")),
+        Identity::Anonymous
+    );
+    assert!(matches!(
+        read("authorization", format!("bearer {token}")),
+        Identity::User { .. }
+    ));
+    assert_eq!(
+        read("authorization", format!("Basic {token}")),
+        Identity::Anonymous
+    );
+    assert_eq!(read("x-access-token", token.clone()), Identity::Anonymous);
+    assert_eq!(read("authorization", "Bearer ".into()), Identity::Anonymous);
+}
+
+#[test]
+fn no_issuers_means_anonymous_whatever_is_presented() {
+    let stage = IdentityStage::default();
+    let token = mint(Algorithm::HS256, &claims(Algorithm::HS256));
+    assert_eq!(check(&stage, &token), Identity::Anonymous);
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    for (issuer, needle) in [
+        (
+            "algorithms = [\"RS256\"]\nsecret_file = \"hs.secret\"",
+            "RS256 needs a RSA key",
+        ),
+        (
+            "algorithms = [\"RS256\", \"HS256\"]\npublic_key_file = \"rsa.pub.pem\"",
+            "HS256 needs a HMAC key",
+        ),
+        (
+            "algorithms = [\"HS256\"]\nsecret_file = \"hs.secret\"\npublic_key_file = \"rsa.pub.pem\"",
+            "RSA key is configured but no pinned algorithm uses it",
+        ),
+        (
+            "algorithms = [\"RS256\"]\npublic_key_file = \"rsa.key.pem\"",
+            "private key",
+        ),
+        (
+            "algorithms = [\"RS256\"]\npublic_key_file = \"nope.pem\"",
+            "cannot read",
+        ),
+        (
+            "algorithms = [\"HS256\"]\nsecret_file = \"rsa.pub.pem\"",
+            "looks like a PEM",
+        ),
+        (
+            "algorithms = [\"HS256\"]\nsecret_env = \"USHER_TEST_UNSET_VARIABLE\"",
+            "unset",
+        ),
+    ] {
+        let text = format!("[[identity.jwt]]\nissuer = \"i\"\naudience = \"a\"\n{issuer}\n");
+        let message = stage_err(&text);
+        assert!(message.contains(needle), "{issuer}: {message}");
+        assert!(message.contains("identity.jwt[0]."), "{message}");
+    }
+}
+
+#[test]
+fn config_rejects_none_and_unknown_algorithms() {
+    for alg in ["none", "HS1", "rs256"] {
+        let text = format!(
+            "[[identity.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"{alg}\"]\nsecret_file = \"hs.secret\"\n"
+        );
+        let e = Config::parse(&text, "t.toml").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:4:"), "{e}");
+        assert!(e.contains("unknown algorithm"), "{e}");
+    }
+}

@@ -1,0 +1,202 @@
+//! End-to-end: verified credentials through the real binary decide the
+//! class and subject the upstream sees.
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::*;
+use http::Request;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const SECRET: &str = "e2e-only-hmac-secret-0123456789abcdefghij";
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn identity_config(up: &Upstream, extra: &str) -> String {
+    config(
+        up,
+        &format!(
+            r#"
+[identity]
+{extra}
+
+[[identity.jwt]]
+issuer = "https://auth.example/"
+audience = "web"
+algorithms = ["RS256"]
+public_key_file = "{}"
+paying = {{ claim = "plan", any_of = ["pro", "enterprise"] }}
+
+[[identity.jwt]]
+issuer = "https://machines.example/"
+audience = "api"
+algorithms = ["HS256"]
+secret_env = "USHER_E2E_SECRET"
+service_without_subject = true
+"#,
+            fixture("rsa.pub.pem")
+        ),
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn user_token(plan: &str) -> String {
+    let claims = json!({
+        "iss": "https://auth.example/", "aud": "web", "sub": "alice",
+        "plan": plan, "exp": now() + 600,
+    });
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa.key.pem")).unwrap()).unwrap();
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key).unwrap()
+}
+
+fn service_token() -> String {
+    let claims = json!({
+        "iss": "https://machines.example/", "aud": "api", "client_id": "nightly-export",
+        "exp": now() + 600,
+    });
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+}
+
+async fn seen_with(usher: &Usher, token: Option<&str>) -> (u16, Option<Value>) {
+    let mut req = Request::get(usher.url("/account")).header("x-usher-subject", "forged");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    let (parts, body) = send(req.body(full("")).unwrap()).await;
+    (parts.status.as_u16(), serde_json::from_slice(&body).ok())
+}
+
+fn label<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
+    seen["headers"][name].get(0).and_then(Value::as_str)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_four_trusted_classes_reach_the_upstream() {
+    let up = upstream(echo).await;
+    let usher = Usher::start_env(&identity_config(&up, ""), &[("USHER_E2E_SECRET", SECRET)]);
+
+    let cases = [
+        (None, "public_visitor", None),
+        (Some(user_token("free")), "registered_user", Some("alice")),
+        (Some(user_token("pro")), "paying_customer", Some("alice")),
+        (
+            Some(service_token()),
+            "service_client",
+            Some("nightly-export"),
+        ),
+    ];
+    for (token, class, subject) in &cases {
+        let (status, seen) = seen_with(&usher, token.as_deref()).await;
+        assert_eq!(status, 200);
+        let seen = seen.unwrap();
+        assert_eq!(label(&seen, "x-usher-class"), Some(*class));
+        assert_eq!(label(&seen, "x-usher-subject"), *subject, "{class}");
+        if let Some(token) = token {
+            assert_eq!(
+                label(&seen, "authorization"),
+                Some(format!("Bearer {token}").as_str()),
+                "the credential itself still reaches the application"
+            );
+            assert!(
+                !seen["headers"]
+                    .to_string()
+                    .contains("x-usher-subject\":[\"forged")
+            );
+        }
+    }
+
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="ok",source="jwt"}"#
+        ),
+        Some(3.0)
+    );
+    let log = usher.wait_access_log(4).await;
+    assert_eq!(log[2]["subject"], "alice");
+    assert_eq!(log[2]["class"], "paying_customer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_credentials_get_no_trust_and_are_counted() {
+    let up = upstream(echo).await;
+    let usher = Usher::start_env(&identity_config(&up, ""), &[("USHER_E2E_SECRET", SECRET)]);
+    let good = user_token("pro");
+    let (head, rest) = good.split_once('.').unwrap();
+    let forged_alg = format!(
+        "{}.{}",
+        "eyJhbGciOiJub25lIn0",
+        rest.rsplit_once('.').unwrap().0
+    ) + ".";
+    let tampered = format!("{head}.{}", rest.replacen('e', "f", 1));
+    for token in [
+        forged_alg.as_str(),
+        tampered.as_str(),
+        "not-a-jwt",
+        &"A".repeat(40_000),
+    ] {
+        let (status, seen) = seen_with(&usher, Some(token)).await;
+        assert_eq!(status, 200);
+        let seen = seen.unwrap();
+        assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+        assert_eq!(label(&seen, "x-usher-subject"), None);
+    }
+    let metrics = usher.metrics().await;
+    let failed: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("usher_identity_verifications_total{") && !l.contains("result=\"ok\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failed, 4.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_invalid_deny_refuses_forged_credentials_only() {
+    let up = upstream(echo).await;
+    let usher = Usher::start_env(
+        &identity_config(&up, "on_invalid = \"deny\""),
+        &[("USHER_E2E_SECRET", SECRET)],
+    );
+    assert_eq!(seen_with(&usher, Some("garbage.token.here")).await.0, 403);
+    assert_eq!(
+        seen_with(&usher, None).await.0,
+        200,
+        "no credential is not an invalid one"
+    );
+    assert_eq!(seen_with(&usher, Some(&user_token("free"))).await.0, 200);
+}
+
+#[test]
+fn a_missing_secret_is_a_config_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usher.toml");
+    std::fs::write(
+        &path,
+        "[[identity.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\nsecret_env = \"USHER_E2E_UNSET\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(usher_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env_remove("USHER_E2E_UNSET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
+    assert!(err.contains("identity.jwt[0].secret_env"), "{err}");
+}
