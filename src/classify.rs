@@ -49,8 +49,7 @@ impl Classifier {
 
     /// Compile the pipeline a config describes, loading key material.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let identity = IdentityStage::from_config(&config.identity, &config.origin.dir)
-            .map_err(|e| config.origin.error_at(e.span, e.message))?;
+        let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
         Ok(Self::with_identity(identity, RuleSet::default()))
     }
 

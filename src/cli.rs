@@ -41,6 +41,29 @@ pub enum Command {
     /// Validate a config file and exit: 0 if valid, 2 with file:line:column
     /// diagnostics if not.
     Check(CheckArgs),
+    /// Work with API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `usher keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Read a new API key on standard input and print the `[[key]]` entry
+    /// for the keys file: its SHA-256, owner and class (never the key).
+    /// Example: `printf %s "$KEY" | usher keys hash --owner acme`.
+    Hash(HashArgs),
+}
+
+/// Flags of `usher keys hash`.
+#[derive(Debug, Args)]
+pub struct HashArgs {
+    /// Who the key belongs to; becomes x-usher-subject.
+    #[arg(long)]
+    pub owner: String,
+    /// `service_client` or `paying_customer`.
+    #[arg(long, default_value = "service_client", value_parser = ["service_client", "paying_customer"])]
+    pub class: String,
 }
 
 /// Flags of `usher serve`.
@@ -84,13 +107,16 @@ pub enum CliError {
     /// The runtime could not be built (exit 1).
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    /// The input was not usable (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CliError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Config(_) => 2,
+            CliError::Config(_) | CliError::Usage(_) => 2,
             CliError::Serve(_) | CliError::Runtime(_) => 1,
         }
     }
@@ -101,6 +127,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
+        Command::Keys(KeysCommand::Hash(args)) => hash_key(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +142,46 @@ fn check(args: &CheckArgs) -> Result<(), CliError> {
     let config = Config::load(&args.config)?;
     Classifier::from_config(&config)?;
     println!("{}: ok", args.config.display());
+    Ok(())
+}
+
+fn hash_key(args: &HashArgs) -> Result<(), CliError> {
+    use std::io::Read as _;
+    let limit = crate::identity::api_keys::MAX_KEY_LEN;
+    let mut input = Vec::new();
+    std::io::stdin()
+        .take(limit as u64 + 3)
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::Usage(format!("cannot read the key from standard input: {e}")))?;
+    let key = input
+        .strip_suffix(b"\r\n")
+        .or_else(|| input.strip_suffix(b"\n"))
+        .unwrap_or(&input);
+    if key.is_empty() {
+        return Err(CliError::Usage("no key on standard input".to_owned()));
+    }
+    if key.len() > limit {
+        return Err(CliError::Usage(format!(
+            "keys longer than {limit} bytes are refused"
+        )));
+    }
+    if key
+        .iter()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(CliError::Usage(
+            "the key holds whitespace or control characters; clients could not send it in a header"
+                .to_owned(),
+        ));
+    }
+    let class = args
+        .class
+        .parse()
+        .map_err(|e: crate::verdict::UnknownClass| CliError::Usage(e.to_string()))?;
+    print!(
+        "{}",
+        crate::identity::api_keys::entry_for(key, &args.owner, class)
+    );
     Ok(())
 }
 

@@ -28,6 +28,7 @@ fn help_lists_only_working_commands() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("serve") && out.contains("check"), "{out}");
+    assert!(out.contains("keys"), "{out}");
     for later in ["replay", "explain", "demo"] {
         assert!(
             !out.contains(later),
@@ -91,4 +92,80 @@ fn address_in_use_exits_1() {
     let (code, _, err) = run(&["serve", "--listen", &addr, "--admin", "127.0.0.1:0"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&addr) && err.contains("proxy"), "{err}");
+}
+
+fn hash(stdin: &[u8], args: &[&str]) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(usher_bin())
+        .args(["keys", "hash"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn keys_hash_prints_an_entry_that_check_accepts() {
+    let (code, entry, err) = hash(
+        b"usk_live_abc123\n",
+        &["--owner", "acme", "--class", "paying_customer"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !entry.contains("usk_live_abc123"),
+        "the key itself is never printed"
+    );
+    assert!(
+        entry.contains("9e6affb5d9f7db1ae9816d651026820b5add77f044c1998b2e2758524f2f55c6"),
+        "SHA-256 of the key without its newline: {entry}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keys.toml"), &entry).unwrap();
+    std::fs::write(
+        dir.path().join("usher.toml"),
+        "[identity.api_keys]\nfile = \"keys.toml\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("usher.toml");
+    let (code, _, err) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+
+    for bad in [&b""[..], b"\n", b"two words", &[b'k'; 600]] {
+        let (code, _, err) = hash(bad, &["--owner", "acme"]);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+    }
+    let (code, _, _) = hash(b"k", &["--owner", "acme", "--class", "registered_user"]);
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn a_broken_keys_file_is_reported_with_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        "[[key]]\nsha256 = \"nothex\"\nowner = \"a\"\nclass = \"service_client\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("usher.toml"),
+        "[identity.api_keys]\nfile = \"keys.toml\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("usher.toml");
+    let (code, _, err) = run(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(&format!("{}:2:", dir.path().join("keys.toml").display())),
+        "{err}"
+    );
+    assert!(err.contains("sha256"), "{err}");
 }

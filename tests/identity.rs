@@ -200,3 +200,76 @@ fn a_missing_secret_is_a_config_error_with_its_line() {
     assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
     assert!(err.contains("identity.jwt[0].secret_env"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_from_header_or_bearer_prefix() {
+    let up = upstream(echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.toml");
+    std::fs::write(
+        &keys,
+        format!(
+            "{}\n{}",
+            usher::identity::api_keys::entry_for(
+                b"usk_acme_1",
+                "acme",
+                usher::verdict::Class::ServiceClient
+            ),
+            usher::identity::api_keys::entry_for(
+                b"usk_pro_2",
+                "bigco",
+                usher::verdict::Class::PayingCustomer
+            ),
+        ),
+    )
+    .unwrap();
+    let usher = Usher::start_env(
+        &identity_config(
+            &up,
+            &format!(
+                "[identity.api_keys]\nfile = \"{}\"\nbearer_prefix = \"usk_\"",
+                keys.display()
+            ),
+        ),
+        &[("USHER_E2E_SECRET", SECRET)],
+    );
+    let ask = |name: &'static str, value: String| {
+        let url = usher.url("/api");
+        async move {
+            let req = Request::get(url)
+                .header(name, value)
+                .body(full(""))
+                .unwrap();
+            let (_, body) = send(req).await;
+            serde_json::from_slice::<Value>(&body).unwrap()
+        }
+    };
+    let seen = ask("x-api-key", "usk_acme_1".into()).await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("service_client"));
+    assert_eq!(label(&seen, "x-usher-subject"), Some("acme"));
+    let seen = ask("authorization", "Bearer usk_pro_2".into()).await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("paying_customer"));
+    assert_eq!(label(&seen, "x-usher-subject"), Some("bigco"));
+    // A bearer without the prefix is still a JWT.
+    let seen = ask("authorization", format!("Bearer {}", user_token("free"))).await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("registered_user"));
+    let seen = ask("x-api-key", "usk_guess".into()).await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+    assert_eq!(label(&seen, "x-usher-subject"), None);
+
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="ok",source="api_key"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="unknown_key",source="api_key"}"#
+        ),
+        Some(1.0)
+    );
+}

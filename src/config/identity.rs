@@ -16,6 +16,27 @@ pub struct IdentityConfig {
     pub on_invalid: OnInvalid,
     /// JWT issuers, one table each (`[[identity.jwt]]`).
     pub jwt: Vec<JwtIssuerConfig>,
+    /// API keys (`[identity.api_keys]`).
+    pub api_keys: Option<ApiKeysConfig>,
+}
+
+/// Where API keys are read from and the file of their hashes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysConfig {
+    /// The keys file: SHA-256 hashes with owner and class, never keys.
+    pub file: Spanned<String>,
+    /// Read keys from this header.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Also read `Authorization: Bearer <key>` when the key starts with
+    /// this prefix (so bearer JWTs and keys can share the header).
+    #[serde(default)]
+    pub bearer_prefix: Option<String>,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".to_owned()
 }
 
 /// What happens to a request whose credential failed verification.

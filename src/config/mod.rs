@@ -241,12 +241,7 @@ impl Config {
 
     /// Parse and validate config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let mut config: Config = toml::Deserializer::parse(text)
-            .map_err(|e| invalid(text, file, String::new(), &e))
-            .and_then(|de| {
-                serde_path_to_error::deserialize(de)
-                    .map_err(|e| invalid(text, file, e.path().to_string(), e.inner()))
-            })?;
+        let mut config: Config = parse_toml(text, file)?;
         config.origin = Origin {
             file: file.to_owned(),
             dir: std::path::PathBuf::from("."),
@@ -284,6 +279,20 @@ impl Config {
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::new(self.trusted_proxies.clone(), self.client_ip_header)
     }
+}
+
+/// Deserialize TOML text strictly; errors carry `file:line:column` and the
+/// key. Shared by every file usher reads.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    toml::Deserializer::parse(text)
+        .map_err(|e| invalid(text, file, String::new(), &e))
+        .and_then(|de| {
+            serde_path_to_error::deserialize(de)
+                .map_err(|e| invalid(text, file, e.path().to_string(), e.inner()))
+        })
 }
 
 /// Turn a TOML error into `file:line:column: key: message`.
@@ -422,7 +431,9 @@ mod tests {
         let commented = |key: &str| {
             text.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("[[identity.{key}]]"))
+                l.starts_with(&format!("{key} ="))
+                    || l.starts_with(&format!("[[identity.{key}]]"))
+                    || l.starts_with(&format!("[identity.{key}]"))
             })
         };
         for table in ["labels", "timeouts", "identity", "state"] {
@@ -434,10 +445,15 @@ mod tests {
                 );
             }
         }
-        let issuer_keys = known_keys(Some("[identity.jwt]"));
-        assert!(issuer_keys.contains(&"issuer".to_owned()), "{issuer_keys:?}");
-        for key in issuer_keys {
-            assert!(commented(&key), "usher.toml does not document `identity.jwt.{key}`");
+        for (probe, table) in [("[identity.jwt]", "jwt"), ("identity.api_keys", "api_keys")] {
+            let keys = known_keys(Some(probe));
+            assert!(keys.len() > 2, "{keys:?}");
+            for key in keys {
+                assert!(
+                    commented(&key),
+                    "usher.toml does not document `identity.{table}.{key}`"
+                );
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! verification. Nothing here trusts a claim it has not verified, and
 //! credentials are read only from the places the config names.
 
+pub mod api_keys;
 pub mod jwt;
 pub mod keys;
 pub mod strict_json;
@@ -9,12 +10,14 @@ pub mod strict_json;
 use std::path::Path;
 use std::sync::Arc;
 
-use http::HeaderMap;
 use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderName};
 
 use crate::config::identity::{IdentityConfig, JwtIssuerConfig, OnInvalid};
+use crate::config::{ConfigError, Origin};
 use crate::facts::Facts;
 use crate::verdict::Class;
+use api_keys::ApiKeys;
 use jwt::{Issuer, JwtVerifier};
 use keys::{KeyError, VerifyingKey};
 
@@ -23,16 +26,19 @@ use keys::{KeyError, VerifyingKey};
 pub enum Source {
     /// A JWT bearer token or token cookie.
     Jwt,
+    /// An API key.
+    ApiKey,
 }
 
 impl Source {
     /// Every source, in a fixed order.
-    pub const ALL: [Source; 1] = [Source::Jwt];
+    pub const ALL: [Source; 2] = [Source::Jwt, Source::ApiKey];
 
     /// The `source` label value.
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::Jwt => "jwt",
+            Source::ApiKey => "api_key",
         }
     }
 }
@@ -162,19 +168,24 @@ impl Identity {
     }
 }
 
-/// A credential source that could not be built from its config.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct IdentityConfigError {
-    /// Byte span of the offending value in the config file, if known.
-    pub span: Option<std::ops::Range<usize>>,
-    /// What is wrong, naming the key.
-    pub message: String,
+/// A credential source that could not be built: where, and what is wrong.
+struct SourceError {
+    span: Option<std::ops::Range<usize>>,
+    message: String,
+}
+
+/// Where API keys are read from, and the keys.
+#[derive(Debug)]
+struct ApiKeySource {
+    header: HeaderName,
+    bearer_prefix: Option<String>,
+    keys: ApiKeys,
 }
 
 /// The configured credential verifiers.
 #[derive(Debug, Default)]
 pub struct IdentityStage {
+    api_keys: Option<ApiKeySource>,
     jwt: JwtVerifier,
     jwt_cookies: Vec<String>,
     on_invalid: OnInvalid,
@@ -182,19 +193,48 @@ pub struct IdentityStage {
 
 impl IdentityStage {
     /// Build the verifiers, loading key material; relative paths are taken
-    /// from `base` (the config file's folder).
-    pub fn from_config(config: &IdentityConfig, base: &Path) -> Result<Self, IdentityConfigError> {
+    /// from the config file's folder, errors placed in the right file.
+    pub fn from_config(config: &IdentityConfig, origin: &Origin) -> Result<Self, ConfigError> {
         let mut issuers = Vec::with_capacity(config.jwt.len());
         let mut jwt_cookies = Vec::new();
         for (i, issuer) in config.jwt.iter().enumerate() {
-            issuers.push(compile_issuer(i, issuer, base)?);
+            issuers.push(
+                compile_issuer(i, issuer, &origin.dir)
+                    .map_err(|e| origin.error_at(e.span, e.message))?,
+            );
             if let Some(cookie) = &issuer.cookie
                 && !jwt_cookies.contains(cookie)
             {
                 jwt_cookies.push(cookie.clone());
             }
         }
+        let api_keys = match &config.api_keys {
+            None => None,
+            Some(c) => {
+                let at = |message: String| origin.error_at(Some(c.file.span()), message);
+                let header = HeaderName::from_bytes(c.header.as_bytes()).map_err(|_| {
+                    at(format!(
+                        "`identity.api_keys.header`: `{}` is not a header name",
+                        c.header
+                    ))
+                })?;
+                let path = origin.dir.join(c.file.get_ref());
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    at(format!(
+                        "`identity.api_keys.file`: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let keys = ApiKeys::parse(&text, &path.display().to_string())?;
+                Some(ApiKeySource {
+                    header,
+                    bearer_prefix: c.bearer_prefix.clone().filter(|p| !p.is_empty()),
+                    keys,
+                })
+            }
+        };
         Ok(IdentityStage {
+            api_keys,
             jwt: JwtVerifier::new(issuers),
             jwt_cookies,
             on_invalid: config.on_invalid,
@@ -206,12 +246,27 @@ impl IdentityStage {
         self.on_invalid
     }
 
-    /// Verify the credentials a request carries.
+    /// Verify the credentials a request carries: an API key first, then a
+    /// bearer JWT, then a JWT cookie. The first credential found decides.
     pub fn identify(&self, facts: &Facts<'_>) -> Identity {
+        let bearer = bearer(facts.headers);
+        if let Some(source) = &self.api_keys {
+            let from_header = facts
+                .headers
+                .get(&source.header)
+                .map(|v| v.to_str().unwrap_or(""));
+            let from_bearer = || {
+                let prefix = source.bearer_prefix.as_deref()?;
+                bearer.filter(|t| t.starts_with(prefix))
+            };
+            if let Some(key) = from_header.or_else(from_bearer) {
+                return source.keys.verify(key);
+            }
+        }
         if self.jwt.is_empty() {
             return Identity::Anonymous;
         }
-        let Some(token) = bearer(facts.headers).or_else(|| self.jwt_cookie(facts.headers)) else {
+        let Some(token) = bearer.or_else(|| self.jwt_cookie(facts.headers)) else {
             return Identity::Anonymous;
         };
         match self.jwt.verify(token, facts.now) {
@@ -254,13 +309,9 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .filter(|v| !v.is_empty())
 }
 
-fn compile_issuer(
-    i: usize,
-    c: &JwtIssuerConfig,
-    base: &Path,
-) -> Result<Issuer, IdentityConfigError> {
+fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, SourceError> {
     let key = |field: &str| format!("identity.jwt[{i}].{field}");
-    let fail = |span: std::ops::Range<usize>, field: &str, e: KeyError| IdentityConfigError {
+    let fail = |span: std::ops::Range<usize>, field: &str, e: KeyError| SourceError {
         span: Some(span),
         message: format!("`{}`: {e}", key(field)),
     };
@@ -297,7 +348,7 @@ fn compile_issuer(
             continue;
         };
         if !keys.iter().any(|k| k.key.family() == alg.family()) {
-            return Err(IdentityConfigError {
+            return Err(SourceError {
                 span: Some(name.span()),
                 message: format!(
                     "`{}`: {} needs a {} key, and none is configured (secret_env, secret_file, public_key_file or jwks_file)",
@@ -315,7 +366,7 @@ fn compile_issuer(
         .iter()
         .find(|k| !algorithms.iter().any(|a| a.family() == k.key.family()))
     {
-        return Err(IdentityConfigError {
+        return Err(SourceError {
             span: c.algorithms.first().map(|a| a.span()),
             message: format!(
                 "`{}`: a {} key is configured but no pinned algorithm uses it",

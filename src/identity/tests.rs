@@ -17,16 +17,22 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/jwt")
 }
 
+fn parse_in(text: &str, dir: &std::path::Path) -> Config {
+    let mut config = Config::parse(text, "test.toml").unwrap();
+    config.origin.dir = dir.to_owned();
+    config
+}
+
 fn stage(issuers: &str) -> IdentityStage {
-    let config = Config::parse(issuers, "test.toml").unwrap();
-    IdentityStage::from_config(&config.identity, &fixtures()).unwrap()
+    let config = parse_in(issuers, &fixtures());
+    IdentityStage::from_config(&config.identity, &config.origin).unwrap()
 }
 
 fn stage_err(issuers: &str) -> String {
-    let config = Config::parse(issuers, "test.toml").unwrap();
-    IdentityStage::from_config(&config.identity, &fixtures())
+    let config = parse_in(issuers, &fixtures());
+    IdentityStage::from_config(&config.identity, &config.origin)
         .unwrap_err()
-        .message
+        .to_string()
 }
 
 /// One issuer per key type, all for audience `web`.
@@ -469,7 +475,7 @@ fn jwks_keys_are_chosen_by_kid() {
         format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","k":"{secret}"}}]}}"#),
     )
     .unwrap();
-    let config = Config::parse(
+    let config = parse_in(
         r#"
 [[identity.jwt]]
 issuer = "https://jwks.example/"
@@ -477,10 +483,9 @@ audience = "web"
 algorithms = ["HS256"]
 jwks_file = "jwks.json"
 "#,
-        "test.toml",
-    )
-    .unwrap();
-    let stage = IdentityStage::from_config(&config.identity, dir.path()).unwrap();
+        dir.path(),
+    );
+    let stage = IdentityStage::from_config(&config.identity, &config.origin).unwrap();
     let key = EncodingKey::from_secret(b"jwks-oct-secret-0123456789abcdefghijklmn");
     let mut c = claims(Algorithm::HS256);
     c["iss"] = json!("https://jwks.example/");
