@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use super::cache::VerifiedCache;
 use super::keys::VerifyingKey;
 use super::strict_json::parse_object;
 use super::{Identity, InvalidReason, Source, Tier};
@@ -47,16 +48,29 @@ pub struct Issuer {
     pub service_without_subject: bool,
 }
 
-/// All configured issuers.
-#[derive(Debug, Default)]
+/// How many verified tokens are remembered.
+pub const CACHE_CAPACITY: usize = 100_000;
+
+/// All configured issuers, and the tokens they verified lately.
+#[derive(Debug)]
 pub struct JwtVerifier {
     issuers: Vec<Issuer>,
+    cache: VerifiedCache,
+}
+
+impl Default for JwtVerifier {
+    fn default() -> Self {
+        JwtVerifier::new(Vec::new())
+    }
 }
 
 impl JwtVerifier {
     /// A verifier over compiled issuers.
     pub fn new(issuers: Vec<Issuer>) -> Self {
-        JwtVerifier { issuers }
+        JwtVerifier {
+            issuers,
+            cache: VerifiedCache::new(CACHE_CAPACITY),
+        }
     }
 
     /// Whether any issuer is configured.
@@ -64,8 +78,22 @@ impl JwtVerifier {
         self.issuers.is_empty()
     }
 
-    /// Verify a compact JWS at time `now`.
+    /// Verify a compact JWS at time `now`, answering from the cache of
+    /// verified tokens when it can.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<Identity, InvalidReason> {
+        let now_secs = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        if let Some(identity) = self.cache.get(token, now_secs) {
+            return Ok(identity);
+        }
+        let (identity, until) = self.verify_uncached(token, now_secs)?;
+        self.cache.insert(token, identity.clone(), until, now_secs);
+        Ok(identity)
+    }
+
+    /// Verify without the cache; also returns until when the answer holds.
+    fn verify_uncached(&self, token: &str, now: f64) -> Result<(Identity, f64), InvalidReason> {
         use InvalidReason::*;
         if token.len() > MAX_TOKEN_LEN {
             return Err(Malformed);
@@ -136,9 +164,6 @@ impl JwtVerifier {
         }
 
         // Claims, now that they are known to come from the issuer.
-        let now = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
         let leeway = issuer.leeway.as_secs_f64();
         let exp = numeric_date(&claims, "exp")?.ok_or(Malformed)?;
         if now >= exp + leeway {
@@ -155,7 +180,7 @@ impl JwtVerifier {
             return Err(NotYetValid);
         }
         check_audience(&claims, &issuer.audience)?;
-        classify(issuer, &claims)
+        Ok((classify(issuer, &claims)?, exp + leeway))
     }
 }
 

@@ -3,6 +3,7 @@
 //! credentials are read only from the places the config names.
 
 pub mod api_keys;
+pub mod cache;
 pub mod jwt;
 pub mod keys;
 pub mod strict_json;

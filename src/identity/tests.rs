@@ -593,3 +593,25 @@ fn config_rejects_none_and_unknown_algorithms() {
         assert!(e.contains("unknown algorithm"), "{e}");
     }
 }
+
+#[test]
+fn cached_tokens_still_expire() {
+    let stage = all_issuers();
+    let token = mint(Algorithm::RS256, &claims(Algorithm::RS256));
+    assert!(matches!(check(&stage, &token), Identity::User { .. }));
+    assert!(
+        matches!(
+            check_at(&stage, &token, NOW + 600 + 29),
+            Identity::User { .. }
+        ),
+        "cached, within leeway"
+    );
+    assert_eq!(
+        check_at(&stage, &token, NOW + 600 + 30),
+        invalid(InvalidReason::Expired)
+    );
+    // A cached good token does not vouch for a tampered copy.
+    let last = if token.ends_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{}{last}", &token[..token.len() - 1]);
+    assert!(matches!(check(&stage, &tampered), Identity::Invalid { .. }));
+}
