@@ -53,6 +53,11 @@ impl Classifier {
         Ok(Self::with_identity(identity, RuleSet::default()))
     }
 
+    /// The credential stage (for its background tasks).
+    pub fn identity(&self) -> &IdentityStage {
+        &self.identity
+    }
+
     /// Run every stage on one request.
     pub fn classify(&self, facts: &Facts<'_>) -> Classification {
         let identity = self.identity.identify(facts);

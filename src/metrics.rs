@@ -102,6 +102,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Requests whose client went away while sending its body.
     pub client_aborts: IntCounter,
+    /// JWKS fetch outcomes.
+    pub jwks: crate::identity::jwks::JwksMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -231,6 +233,19 @@ impl Metrics {
         )?;
         registry.register(Box::new(client_aborts.clone()))?;
 
+        let jwks_vec = IntCounterVec::new(
+            Opts::new(
+                "usher_jwks_refreshes_total",
+                "JWKS fetches from issuers' URLs, by result (ok or error).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(jwks_vec.clone()))?;
+        let jwks = crate::identity::jwks::JwksMetrics {
+            ok: jwks_vec.with_label_values(&["ok"]),
+            error: jwks_vec.with_label_values(&["error"]),
+        };
+
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "usher_build_info",
@@ -255,6 +270,7 @@ impl Metrics {
             upgrades_active,
             access_log_dropped,
             client_aborts,
+            jwks,
         })
     }
 

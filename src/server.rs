@@ -122,6 +122,13 @@ impl Server {
             admin_stopped,
         ));
 
+        for jwks in classifier_jwks(&proxy) {
+            tokio::spawn(crate::identity::jwks::RemoteJwks::run(
+                Arc::downgrade(&jwks),
+                metrics.jwks.clone(),
+            ));
+        }
+
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
@@ -210,6 +217,10 @@ impl Server {
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
     }
+}
+
+fn classifier_jwks(proxy: &Proxy) -> Vec<Arc<crate::identity::jwks::RemoteJwks>> {
+    proxy.settings().classifier.identity().remote_jwks()
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServeError> {

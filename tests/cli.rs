@@ -104,7 +104,8 @@ fn hash(stdin: &[u8], args: &[&str]) -> (i32, String, String) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // usher may exit (bad flags) before reading: a broken pipe is fine.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
     let out = child.wait_with_output().unwrap();
     (
         out.status.code().unwrap_or(-1),

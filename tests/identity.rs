@@ -273,3 +273,106 @@ async fn api_keys_from_header_or_bearer_prefix() {
         Some(1.0)
     );
 }
+
+fn jwk(private_pem: &str, kid: &str) -> Value {
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture(private_pem)).unwrap()).unwrap();
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    serde_json::to_value(jwk).unwrap()
+}
+
+fn rotating_token(private_pem: &str, kid: &str) -> String {
+    let claims = json!({
+        "iss": "https://rotating.example/", "aud": "web", "sub": "carol", "exp": now() + 600,
+    });
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture(private_pem)).unwrap()).unwrap();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwks_url_rotation_is_picked_up_and_refetches_are_rate_limited() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let document = Arc::new(Mutex::new(
+        json!({ "keys": [jwk("rsa.key.pem", "k1")] }).to_string(),
+    ));
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let (doc, count) = (document.clone(), fetches.clone());
+    let jwks_server = upstream(move |_req| {
+        let body = doc.lock().unwrap().clone();
+        count.fetch_add(1, Ordering::SeqCst);
+        async move { http::Response::new(full(body)) }
+    })
+    .await;
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(
+        &up,
+        &format!(
+            r#"
+[[identity.jwt]]
+issuer = "https://rotating.example/"
+audience = "web"
+algorithms = ["RS256"]
+jwks_url = "http://{}/jwks.json"
+jwks_min_refetch = "500ms"
+"#,
+            jwks_server.addr
+        ),
+    ));
+    let class_of = |token: String| {
+        let url = usher.url("/");
+        async move {
+            let req = Request::get(url)
+                .header("authorization", format!("Bearer {token}"))
+                .body(full(""))
+                .unwrap();
+            let (_, body) = send(req).await;
+            let seen: Value = serde_json::from_slice(&body).unwrap();
+            label(&seen, "x-usher-class").unwrap().to_owned()
+        }
+    };
+    let eventually = |token: String| {
+        let class_of = &class_of;
+        async move {
+            for _ in 0..50 {
+                if class_of(token.clone()).await == "registered_user" {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            false
+        }
+    };
+    assert!(
+        eventually(rotating_token("rsa.key.pem", "k1")).await,
+        "first fetch"
+    );
+
+    // The issuer rotates to a new key; the first token naming it triggers
+    // a refetch.
+    *document.lock().unwrap() =
+        json!({ "keys": [jwk("rsa.key.pem", "k1"), jwk("rsa2.key.pem", "k2")] }).to_string();
+    assert!(
+        eventually(rotating_token("rsa2.key.pem", "k2")).await,
+        "rotated key picked up"
+    );
+
+    // A storm of tokens naming unknown keys costs at most a refetch per
+    // jwks_min_refetch, not one per token.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let before = fetches.load(Ordering::SeqCst);
+    for i in 0..60 {
+        assert_eq!(
+            class_of(rotating_token("rsa2.key.pem", &format!("nope{i}"))).await,
+            "public_visitor"
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let during = fetches.load(Ordering::SeqCst) - before;
+    assert!(during <= 3, "{during} fetches for 60 unknown-key tokens");
+    let metrics = usher.metrics().await;
+    assert!(sample(&metrics, r#"usher_jwks_refreshes_total{result="ok"}"#).unwrap() >= 2.0);
+}

@@ -75,11 +75,23 @@ pub struct JwtIssuerConfig {
     /// JWKS document with the issuer's public keys.
     #[serde(default)]
     pub jwks_file: Option<Spanned<String>>,
-    /// Clock skew tolerated for `exp`, `nbf` and `iat`.
+    /// URL of the issuer's JWKS, fetched at start and kept fresh.
+    #[serde(default)]
+    pub jwks_url: Option<Spanned<String>>,
+    /// How often the JWKS URL is fetched.
     #[serde(
-        default = "default_leeway",
-        deserialize_with = "duration::deserialize_allow_zero"
+        default = "default_jwks_refresh",
+        deserialize_with = "duration::deserialize"
     )]
+    pub jwks_refresh: Duration,
+    /// The soonest a token naming an unknown key may cause a refetch.
+    #[serde(
+        default = "default_jwks_min_refetch",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub jwks_min_refetch: Duration,
+    /// Clock skew tolerated for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", deserialize_with = "leeway")]
     pub leeway: Duration,
     /// Also read the token from this cookie (after `Authorization: Bearer`).
     #[serde(default)]
@@ -113,8 +125,27 @@ pub struct ClaimMatch {
     pub any_of: Vec<String>,
 }
 
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_jwks_min_refetch() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_leeway() -> Duration {
     Duration::from_secs(30)
+}
+
+/// Leeway is for clock skew: at most five minutes.
+fn leeway<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let leeway = duration::deserialize_allow_zero(d)?;
+    if leeway > Duration::from_secs(300) {
+        return Err(serde::de::Error::custom(
+            "leeway is for clock skew: at most \"5m\"",
+        ));
+    }
+    Ok(leeway)
 }
 
 fn default_subject_claim() -> String {

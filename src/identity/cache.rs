@@ -7,11 +7,27 @@ use dashmap::DashMap;
 
 use super::Identity;
 
-/// What a cached token stands for, and until when (Unix seconds).
+/// What a cached token stands for, who issued it, and when it holds
+/// (Unix seconds: from `from`, before `until`).
 #[derive(Clone, Debug)]
 struct Entry {
     identity: Identity,
+    issuer: usize,
+    from: f64,
     until: f64,
+}
+
+/// A verified token's standing, as the verifier found it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verified {
+    /// Who the token says is knocking.
+    pub identity: Identity,
+    /// Which configured issuer signed it.
+    pub issuer: usize,
+    /// The earliest time it is valid (its `nbf`/`iat`, less leeway).
+    pub from: f64,
+    /// The time it stops being valid (its `exp`, plus leeway).
+    pub until: f64,
 }
 
 /// A bounded map from token to verified identity.
@@ -30,16 +46,16 @@ impl VerifiedCache {
         }
     }
 
-    /// The identity of `token` if it verified before and is still valid at
-    /// `now`.
-    pub fn get(&self, token: &str, now: f64) -> Option<Identity> {
+    /// The identity and issuer of `token` if it verified before and is
+    /// valid at `now` (the clock may run backwards in a replay).
+    pub fn get(&self, token: &str, now: f64) -> Option<(Identity, usize)> {
         let entry = self.map.get(token)?;
-        (now < entry.until).then(|| entry.identity.clone())
+        (entry.from <= now && now < entry.until).then(|| (entry.identity.clone(), entry.issuer))
     }
 
-    /// Remember a verified token until `until`.
-    pub fn insert(&self, token: &str, identity: Identity, until: f64, now: f64) {
-        if until <= now || self.capacity == 0 {
+    /// Remember a verified token.
+    pub fn insert(&self, token: &str, verified: &Verified, now: f64) {
+        if verified.until <= now || self.capacity == 0 {
             return;
         }
         if self.map.len() >= self.capacity {
@@ -51,7 +67,15 @@ impl VerifiedCache {
                 self.map.clear();
             }
         }
-        self.map.insert(Box::from(token), Entry { identity, until });
+        self.map.insert(
+            Box::from(token),
+            Entry {
+                identity: verified.identity.clone(),
+                issuer: verified.issuer,
+                from: verified.from,
+                until: verified.until,
+            },
+        );
     }
 
     /// Tokens cached now.
@@ -79,15 +103,29 @@ mod tests {
         }
     }
 
+    fn verified(name: &str, from: f64, until: f64) -> Verified {
+        Verified {
+            identity: user(name),
+            issuer: 3,
+            from,
+            until,
+        }
+    }
+
     #[test]
-    fn hits_until_expiry_and_exact_tokens_only() {
+    fn hits_within_validity_and_exact_tokens_only() {
         let cache = VerifiedCache::new(10);
-        cache.insert("tok", user("a"), 100.0, 50.0);
-        assert_eq!(cache.get("tok", 99.9), Some(user("a")));
+        cache.insert("tok", &verified("a", 40.0, 100.0), 50.0);
+        assert_eq!(cache.get("tok", 99.9), Some((user("a"), 3)));
         assert_eq!(cache.get("tok", 100.0), None);
+        assert_eq!(
+            cache.get("tok", 39.0),
+            None,
+            "before nbf, on a clock that went back"
+        );
         assert_eq!(cache.get("to", 60.0), None);
         assert_eq!(cache.get("tok ", 60.0), None);
-        cache.insert("old", user("b"), 40.0, 50.0);
+        cache.insert("old", &verified("b", 0.0, 40.0), 50.0);
         assert_eq!(cache.len(), 1, "already expired tokens are not cached");
     }
 
@@ -95,7 +133,7 @@ mod tests {
     fn stays_within_capacity() {
         let cache = VerifiedCache::new(100);
         for i in 0..10_000 {
-            cache.insert(&format!("t{i}"), user("a"), 1e9, 0.0);
+            cache.insert(&format!("t{i}"), &verified("a", 0.0, 1e9), 0.0);
             assert!(cache.len() <= 100);
         }
         assert!(

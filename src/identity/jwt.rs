@@ -12,7 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use super::cache::VerifiedCache;
+use super::cache::{Verified, VerifiedCache};
+use super::jwks::RemoteJwks;
 use super::keys::VerifyingKey;
 use super::strict_json::parse_object;
 use super::{Identity, InvalidReason, Source, Tier};
@@ -34,8 +35,10 @@ pub struct Issuer {
     pub audience: Vec<String>,
     /// Pinned algorithms.
     pub algorithms: Vec<Algorithm>,
-    /// Its keys.
+    /// Its keys from config.
     pub keys: Vec<VerifyingKey>,
+    /// Its keys from a JWKS URL, if it has one.
+    pub remote: Option<Arc<RemoteJwks>>,
     /// Tolerated clock skew.
     pub leeway: Duration,
     /// The claim naming the account.
@@ -73,27 +76,49 @@ impl JwtVerifier {
         }
     }
 
+    /// The issuers' remote key sets.
+    pub fn remote_jwks(&self) -> Vec<Arc<RemoteJwks>> {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.remote.clone())
+            .collect()
+    }
+
     /// Whether any issuer is configured.
     pub fn is_empty(&self) -> bool {
         self.issuers.is_empty()
     }
 
     /// Verify a compact JWS at time `now`, answering from the cache of
-    /// verified tokens when it can.
-    pub fn verify(&self, token: &str, now: SystemTime) -> Result<Identity, InvalidReason> {
+    /// verified tokens when it can. With `only`, the token must come from
+    /// that issuer (the one whose cookie carried it).
+    pub fn verify(
+        &self,
+        token: &str,
+        now: SystemTime,
+        only: Option<usize>,
+    ) -> Result<Identity, InvalidReason> {
         let now_secs = now
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        if let Some(identity) = self.cache.get(token, now_secs) {
-            return Ok(identity);
+        let from_issuer = |issuer: usize| only.is_none_or(|only| only == issuer);
+        if let Some((identity, issuer)) = self.cache.get(token, now_secs) {
+            return if from_issuer(issuer) {
+                Ok(identity)
+            } else {
+                Err(InvalidReason::WrongIssuer)
+            };
         }
-        let (identity, until) = self.verify_uncached(token, now_secs)?;
-        self.cache.insert(token, identity.clone(), until, now_secs);
-        Ok(identity)
+        let verified = self.verify_uncached(token, now_secs)?;
+        self.cache.insert(token, &verified, now_secs);
+        if !from_issuer(verified.issuer) {
+            return Err(InvalidReason::WrongIssuer);
+        }
+        Ok(verified.identity)
     }
 
-    /// Verify without the cache; also returns until when the answer holds.
-    fn verify_uncached(&self, token: &str, now: f64) -> Result<(Identity, f64), InvalidReason> {
+    /// Verify without the cache.
+    fn verify_uncached(&self, token: &str, now: f64) -> Result<Verified, InvalidReason> {
         use InvalidReason::*;
         if token.len() > MAX_TOKEN_LEN {
             return Err(Malformed);
@@ -131,23 +156,26 @@ impl JwtVerifier {
             Some(_) => return Err(Malformed),
             None => return Err(WrongIssuer),
         };
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.issuer == *iss)
+            .enumerate()
+            .find(|(_, i)| i.issuer == *iss)
             .ok_or(WrongIssuer)?;
         if !issuer.algorithms.contains(&alg) {
             return Err(DisallowedAlgorithm);
         }
         let family = alg.family();
-        let candidates = issuer.keys.iter().filter(|k| {
+        let fits = |k: &&VerifyingKey| {
             k.key.family() == family
                 && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid)
-        });
+        };
+        let remote = issuer.remote.as_ref().map(|r| r.keys());
+        let remote_keys = remote.as_deref().map_or(&[][..], |keys| keys.as_slice());
         let message = &token[..header_b64.len() + 1 + claims_b64.len()];
         let mut tried = false;
         let mut verified = false;
-        for key in candidates {
+        for key in issuer.keys.iter().chain(remote_keys).filter(fits) {
             tried = true;
             if jsonwebtoken::crypto::verify(signature_b64, message.as_bytes(), &key.key, alg)
                 .unwrap_or(false)
@@ -156,11 +184,13 @@ impl JwtVerifier {
                 break;
             }
         }
-        if !tried {
-            return Err(UnknownKey);
-        }
         if !verified {
-            return Err(BadSignature);
+            // The issuer may have rotated its keys: ask for a (rate-limited)
+            // refetch; this request is judged on the keys at hand.
+            if let Some(remote) = &issuer.remote {
+                remote.want_refetch();
+            }
+            return Err(if tried { BadSignature } else { UnknownKey });
         }
 
         // Claims, now that they are known to come from the issuer.
@@ -169,18 +199,22 @@ impl JwtVerifier {
         if now >= exp + leeway {
             return Err(Expired);
         }
-        if let Some(nbf) = numeric_date(&claims, "nbf")?
-            && nbf > now + leeway
-        {
-            return Err(NotYetValid);
-        }
-        if let Some(iat) = numeric_date(&claims, "iat")?
-            && iat > now + leeway
-        {
-            return Err(NotYetValid);
+        let mut from = f64::MIN;
+        for name in ["nbf", "iat"] {
+            if let Some(t) = numeric_date(&claims, name)? {
+                if t > now + leeway {
+                    return Err(NotYetValid);
+                }
+                from = from.max(t - leeway);
+            }
         }
         check_audience(&claims, &issuer.audience)?;
-        Ok((classify(issuer, &claims)?, exp + leeway))
+        Ok(Verified {
+            identity: classify(issuer, &claims)?,
+            issuer: index,
+            from,
+            until: exp + leeway,
+        })
     }
 }
 
@@ -270,13 +304,15 @@ pub fn claim_matches(rule: &ClaimMatch, claims: &Map<String, Value>) -> bool {
     }
 }
 
+/// A string claim that can name someone: non-empty, no control characters
+/// (it becomes a header value and a log field).
 fn string_claim<'a>(
     claims: &'a Map<String, Value>,
     name: &str,
 ) -> Result<Option<&'a str>, InvalidReason> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(Value::String(s)) if !s.is_empty() && !s.chars().any(char::is_control) => Ok(Some(s)),
         Some(_) => Err(InvalidReason::Malformed),
     }
 }

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet, PublicKeyUse};
 use jsonwebtoken::{AlgorithmFamily, DecodingKey};
 
 /// One key an issuer signs with.
@@ -63,6 +65,15 @@ pub fn secret_from_file(path: &Path) -> Result<VerifyingKey, KeyError> {
 }
 
 fn hmac_key(secret: &[u8]) -> Result<VerifyingKey, KeyError> {
+    check_secret(secret)?;
+    Ok(VerifyingKey {
+        kid: None,
+        key: DecodingKey::from_secret(secret),
+    })
+}
+
+/// An HMAC secret must be long, and must not be a public key in disguise.
+fn check_secret(secret: &[u8]) -> Result<(), KeyError> {
     if secret.len() < 32 {
         return Err(KeyError::Invalid(format!(
             "the HMAC secret has {} bytes; use at least 32",
@@ -71,16 +82,25 @@ fn hmac_key(secret: &[u8]) -> Result<VerifyingKey, KeyError> {
     }
     // A public key pasted as a shared secret is the classic algorithm
     // confusion set-up: anyone could sign with it.
-    if secret.starts_with(b"-----BEGIN") || secret.starts_with(b"{") {
+    let start = secret.trim_ascii_start();
+    if [
+        &b"-----BEGIN"[..],
+        b"{",
+        b"ssh-",
+        b"ecdsa-",
+        b"MII",
+        b"MCow",
+        b"MFkw",
+    ]
+    .iter()
+    .any(|p| start.starts_with(p))
+    {
         return Err(KeyError::Invalid(
-            "the HMAC secret looks like a PEM or JWK key; use public_key_file or jwks_file for public keys"
+            "the HMAC secret looks like a PEM, DER, SSH or JWK key; use public_key_file or jwks_file for public keys"
                 .to_owned(),
         ));
     }
-    Ok(VerifyingKey {
-        kid: None,
-        key: DecodingKey::from_secret(secret),
-    })
+    Ok(())
 }
 
 /// A PEM public key: RSA, EC (P-256, P-384) or Ed25519.
@@ -113,6 +133,13 @@ pub fn keys_from_jwks(json: &[u8]) -> Result<Vec<VerifyingKey>, KeyError> {
     for jwk in &set.keys {
         if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
             continue;
+        }
+        // Shared secrets in a JWKS meet the same bar as configured ones.
+        if let AlgorithmParameters::OctetKey(oct) = &jwk.algorithm {
+            let secret = URL_SAFE_NO_PAD
+                .decode(&oct.value)
+                .map_err(|_| KeyError::Invalid("an `oct` key is not base64url".to_owned()))?;
+            check_secret(&secret)?;
         }
         let Ok(key) = DecodingKey::from_jwk(jwk) else {
             continue;
@@ -196,6 +223,17 @@ mod tests {
             "a public key is not a shared secret"
         );
         assert!(hmac_key(&[b'k'; 32]).is_ok());
+        for disguised in [
+            &b"  -----BEGIN PUBLIC KEY-----xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"[..],
+            b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQxxxxxxx",
+            b"MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxxxx",
+        ] {
+            assert!(
+                hmac_key(disguised).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(disguised)
+            );
+        }
     }
 
     #[test]
@@ -209,6 +247,14 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(keys[0].kid.as_deref(), Some("h1"));
         assert!(keys_from_jwks(br#"{"keys":[]}"#).is_err());
+        assert!(
+            keys_from_jwks(br#"{"keys":[{"kty":"oct","k":""}]}"#).is_err(),
+            "empty secret"
+        );
+        assert!(
+            keys_from_jwks(br#"{"keys":[{"kty":"oct","k":"c2hvcnQ"}]}"#).is_err(),
+            "short secret"
+        );
         assert!(keys_from_jwks(b"[]").is_err());
         assert!(keys_from_jwks(b"\xff").is_err());
     }

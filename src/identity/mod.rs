@@ -4,6 +4,7 @@
 
 pub mod api_keys;
 pub mod cache;
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod strict_json;
@@ -188,7 +189,8 @@ struct ApiKeySource {
 pub struct IdentityStage {
     api_keys: Option<ApiKeySource>,
     jwt: JwtVerifier,
-    jwt_cookies: Vec<String>,
+    /// Cookie names, each with the one issuer whose tokens it may carry.
+    jwt_cookies: Vec<(String, usize)>,
     on_invalid: OnInvalid,
 }
 
@@ -196,17 +198,30 @@ impl IdentityStage {
     /// Build the verifiers, loading key material; relative paths are taken
     /// from the config file's folder, errors placed in the right file.
     pub fn from_config(config: &IdentityConfig, origin: &Origin) -> Result<Self, ConfigError> {
-        let mut issuers = Vec::with_capacity(config.jwt.len());
-        let mut jwt_cookies = Vec::new();
+        let mut issuers: Vec<Issuer> = Vec::with_capacity(config.jwt.len());
+        let mut jwt_cookies: Vec<(String, usize)> = Vec::new();
         for (i, issuer) in config.jwt.iter().enumerate() {
+            let inconsistent = |message: String| ConfigError::Inconsistent {
+                file: origin.file.clone(),
+                message,
+            };
+            if issuers.iter().any(|known| known.issuer == issuer.issuer) {
+                return Err(inconsistent(format!(
+                    "identity.jwt[{i}]: issuer `{}` is configured twice",
+                    issuer.issuer
+                )));
+            }
             issuers.push(
                 compile_issuer(i, issuer, &origin.dir)
                     .map_err(|e| origin.error_at(e.span, e.message))?,
             );
-            if let Some(cookie) = &issuer.cookie
-                && !jwt_cookies.contains(cookie)
-            {
-                jwt_cookies.push(cookie.clone());
+            if let Some(cookie) = &issuer.cookie {
+                if jwt_cookies.iter().any(|(name, _)| name == cookie) {
+                    return Err(inconsistent(format!(
+                        "identity.jwt[{i}]: cookie `{cookie}` is already another issuer's"
+                    )));
+                }
+                jwt_cookies.push((cookie.clone(), i));
             }
         }
         let api_keys = match &config.api_keys {
@@ -242,6 +257,11 @@ impl IdentityStage {
         })
     }
 
+    /// The remote key sets that need a fetch task.
+    pub fn remote_jwks(&self) -> Vec<Arc<jwks::RemoteJwks>> {
+        self.jwt.remote_jwks()
+    }
+
     /// What to do with requests whose credential failed.
     pub fn on_invalid(&self) -> OnInvalid {
         self.on_invalid
@@ -249,65 +269,116 @@ impl IdentityStage {
 
     /// Verify the credentials a request carries: an API key first, then a
     /// bearer JWT, then a JWT cookie. The first credential found decides.
+    /// A credential sent twice (two `Authorization` headers, a cookie
+    /// repeated) is ambiguous — the application might read the other one —
+    /// and so invalid.
     pub fn identify(&self, facts: &Facts<'_>) -> Identity {
-        let bearer = bearer(facts.headers);
+        let headers = facts.headers;
+        let malformed = |source| Identity::Invalid {
+            source,
+            reason: InvalidReason::Malformed,
+        };
+        let Ok(authorization) = single(headers, &AUTHORIZATION) else {
+            return match (&self.api_keys, self.jwt.is_empty()) {
+                (_, false) => malformed(Source::Jwt),
+                (Some(_), true) => malformed(Source::ApiKey),
+                (None, true) => Identity::Anonymous,
+            };
+        };
+        let bearer = authorization.and_then(bearer_token);
         if let Some(source) = &self.api_keys {
-            let from_header = facts
-                .headers
-                .get(&source.header)
-                .map(|v| v.to_str().unwrap_or(""));
+            let Ok(from_header) = single(headers, &source.header) else {
+                return malformed(Source::ApiKey);
+            };
             let from_bearer = || {
                 let prefix = source.bearer_prefix.as_deref()?;
                 bearer.filter(|t| t.starts_with(prefix))
             };
-            if let Some(key) = from_header.or_else(from_bearer) {
+            if let Some(key) = from_header
+                .map(|v| v.to_str().unwrap_or(""))
+                .or_else(from_bearer)
+            {
                 return source.keys.verify(key);
             }
         }
         if self.jwt.is_empty() {
             return Identity::Anonymous;
         }
-        let Some(token) = bearer.or_else(|| self.jwt_cookie(facts.headers)) else {
-            return Identity::Anonymous;
-        };
-        match self.jwt.verify(token, facts.now) {
+        let jwt = |token: &str, only: Option<usize>| match self.jwt.verify(token, facts.now, only) {
             Ok(identity) => identity,
             Err(reason) => Identity::Invalid {
                 source: Source::Jwt,
                 reason,
             },
+        };
+        if let Some(token) = bearer {
+            return jwt(token, None);
         }
-    }
-
-    fn jwt_cookie<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        self.jwt_cookies
-            .iter()
-            .find_map(|name| cookie(headers, name))
+        for (name, issuer) in &self.jwt_cookies {
+            match cookie(headers, name) {
+                Err(Ambiguous) => return malformed(Source::Jwt),
+                Ok(Some(token)) => return jwt(token, Some(*issuer)),
+                Ok(None) => {}
+            }
+        }
+        Identity::Anonymous
     }
 }
 
+/// A credential sent more than once: the application might read the other
+/// copy, so usher trusts neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ambiguous;
+
+/// The one value of a header: `Err` when it is sent more than once.
+fn single<'h>(
+    headers: &'h HeaderMap,
+    name: &HeaderName,
+) -> Result<Option<&'h http::HeaderValue>, Ambiguous> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Ambiguous);
+    }
+    Ok(first)
+}
+
 /// The token of `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
+fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
 }
 
-/// The value of cookie `name` (the first, if repeated).
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
-    headers
+/// The value of cookie `name`, with at most one pair of quotes removed;
+/// `Err` when the cookie is sent more than once.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Ambiguous> {
+    let mut found = None;
+    let pairs = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k.trim() == name).then(|| v.trim().trim_matches('"'))
-        })
-        .filter(|v| !v.is_empty())
+        .flat_map(|v| v.split(';'));
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
+        if k.trim() != name {
+            continue;
+        }
+        if found.is_some() {
+            return Err(Ambiguous);
+        }
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(v);
+        found = Some(v);
+    }
+    Ok(found.filter(|v| !v.is_empty()))
 }
 
 fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, SourceError> {
@@ -342,17 +413,32 @@ fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, 
             keys::keys_from_jwks_file(&path).map_err(|e| fail(file.span(), "jwks_file", e))?,
         );
     }
+    let remote = match &c.jwks_url {
+        None => None,
+        Some(url) => {
+            let uri = jwks::parse_url(url.get_ref()).map_err(|message| SourceError {
+                span: Some(url.span()),
+                message: format!("`{}`: {message}", key("jwks_url")),
+            })?;
+            Some(Arc::new(jwks::RemoteJwks::new(
+                uri,
+                c.jwks_refresh,
+                c.jwks_min_refetch,
+            )))
+        }
+    };
     let mut algorithms = Vec::with_capacity(c.algorithms.len());
     for name in &c.algorithms {
         // Names were checked when the file was read.
         let Some(alg) = jwt::algorithm(name.get_ref()) else {
             continue;
         };
-        if !keys.iter().any(|k| k.key.family() == alg.family()) {
+        // Remote keys arrive later; they are checked when they are used.
+        if remote.is_none() && !keys.iter().any(|k| k.key.family() == alg.family()) {
             return Err(SourceError {
                 span: Some(name.span()),
                 message: format!(
-                    "`{}`: {} needs a {} key, and none is configured (secret_env, secret_file, public_key_file or jwks_file)",
+                    "`{}`: {} needs a {} key, and none is configured (secret_env, secret_file, public_key_file, jwks_file or jwks_url)",
                     key("algorithms"),
                     name.get_ref(),
                     keys::family_name(alg.family())
@@ -381,6 +467,7 @@ fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, 
         audience: c.audience.clone(),
         algorithms,
         keys,
+        remote,
         leeway: c.leeway,
         subject_claim: c.subject_claim.clone(),
         paying: c.paying.clone(),

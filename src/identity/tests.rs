@@ -615,3 +615,82 @@ fn cached_tokens_still_expire() {
     let tampered = format!("{}{last}", &token[..token.len() - 1]);
     assert!(matches!(check(&stage, &tampered), Identity::Invalid { .. }));
 }
+
+#[test]
+fn two_authorization_headers_are_ambiguous() {
+    let stage = all_issuers();
+    let token = mint(Algorithm::RS256, &claims(Algorithm::RS256));
+    let (parts, ()) = http::Request::builder()
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", "Bearer something-else")
+        .body(())
+        .unwrap()
+        .into_parts();
+    let ip = "192.0.2.1".parse().unwrap();
+    let identity = stage.identify(&Facts::new(
+        &parts,
+        ip,
+        ip,
+        UNIX_EPOCH + Duration::from_secs(NOW),
+    ));
+    assert_eq!(identity, invalid(InvalidReason::Malformed));
+}
+
+#[test]
+fn key_family_is_checked_even_when_both_families_are_pinned() {
+    // An issuer pinning RS256 and HS256, with an RSA key and a secret: an
+    // HMAC made with the RSA public key as secret must not verify.
+    let stage = stage(
+        r#"
+[[identity.jwt]]
+issuer = "https://both.example/"
+audience = "web"
+algorithms = ["RS256", "HS256"]
+public_key_file = "rsa.pub.pem"
+secret_file = "hs.secret"
+"#,
+    );
+    let mut c = claims(Algorithm::RS256);
+    c["iss"] = json!("https://both.example/");
+    let public_pem = std::fs::read(fixtures().join("rsa.pub.pem")).unwrap();
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    assert_eq!(check(&stage, &forged), invalid(InvalidReason::BadSignature));
+    assert!(matches!(
+        check(&stage, &mint(Algorithm::RS256, &c)),
+        Identity::User { .. }
+    ));
+}
+
+#[test]
+fn subjects_must_be_printable() {
+    let stage = all_issuers();
+    for sub in ["u\n1", "u\r\nx-usher-class: paying_customer", "\u{7f}"] {
+        let mut c = claims(Algorithm::HS256);
+        c["sub"] = json!(sub);
+        c["plan"] = json!("pro");
+        assert_eq!(
+            check(&stage, &mint(Algorithm::HS256, &c)),
+            invalid(InvalidReason::Malformed),
+            "{sub:?}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_issuers_and_cookies_are_config_errors() {
+    let twice = "[[identity.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\nsecret_file = \"hs.secret\"\ncookie = \"c\"\n";
+    assert!(stage_err(&format!("{twice}{twice}")).contains("configured twice"));
+    let other = twice.replace("issuer = \"i\"", "issuer = \"j\"");
+    assert!(stage_err(&format!("{twice}{other}")).contains("already another issuer's"));
+    let e = Config::parse(
+        &twice.replace("cookie = \"c\"", "leeway = \"1h\""),
+        "t.toml",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+}

@@ -84,6 +84,11 @@ impl Proxy {
         }
     }
 
+    /// The settings requests start with now.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
     /// Replace the settings; requests already running keep the old ones.
     pub fn replace_settings(&self, settings: Settings) {
         self.settings.store(Arc::new(settings));

@@ -1,0 +1,202 @@
+//! Remote JWKS: an issuer's public keys fetched from its JWKS URL, kept
+//! fresh on an interval, and refetched early — at most once per
+//! `jwks_min_refetch` — when a token names a key usher does not have.
+//! Requests never wait for a fetch: they use the keys at hand.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus::IntCounter;
+use tokio::sync::Notify;
+
+use super::keys::{self, VerifyingKey};
+
+/// The largest JWKS document accepted.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// How long one fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// After a failed fetch, the next try comes this soon (then the interval).
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(5);
+
+/// One issuer's remote key set.
+#[derive(Debug)]
+pub struct RemoteJwks {
+    url: Uri,
+    keys: ArcSwap<Vec<VerifyingKey>>,
+    refresh: Duration,
+    min_refetch: Duration,
+    wanted: Notify,
+    healthy: AtomicBool,
+}
+
+/// Outcome counters for fetches.
+#[derive(Clone, Debug)]
+pub struct JwksMetrics {
+    /// Fetches that replaced the key set.
+    pub ok: IntCounter,
+    /// Fetches that failed (the old keys stay).
+    pub error: IntCounter,
+}
+
+impl RemoteJwks {
+    /// A key set to be fetched from `url`; empty until the first fetch.
+    pub fn new(url: Uri, refresh: Duration, min_refetch: Duration) -> Self {
+        RemoteJwks {
+            url,
+            keys: ArcSwap::from_pointee(Vec::new()),
+            refresh,
+            min_refetch,
+            wanted: Notify::new(),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// The keys fetched last.
+    pub fn keys(&self) -> arc_swap::Guard<Arc<Vec<VerifyingKey>>> {
+        self.keys.load()
+    }
+
+    /// Ask for an early refetch (a token named an unknown key). Cheap and
+    /// non-blocking; the fetch task applies the rate limit.
+    pub fn want_refetch(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// The URL keys come from.
+    pub fn url(&self) -> &Uri {
+        &self.url
+    }
+
+    /// Keep the key set fresh until every other holder of it is gone (the
+    /// config was replaced).
+    pub async fn run(this: Weak<Self>, metrics: JwksMetrics) {
+        let client = client();
+        loop {
+            let Some(jwks) = this.upgrade() else { return };
+            let fetched = jwks.fetch(&client).await;
+            let wait = match fetched {
+                Ok(keys) => {
+                    metrics.ok.inc();
+                    if !jwks.healthy.swap(true, Ordering::Relaxed) {
+                        tracing::info!(url = %jwks.url, "JWKS fetch recovered");
+                    }
+                    tracing::debug!(url = %jwks.url, keys = keys.len(), "JWKS refreshed");
+                    jwks.keys.store(Arc::new(keys));
+                    jwks.refresh
+                }
+                Err(e) => {
+                    metrics.error.inc();
+                    // Log on the change to failing, not on every retry.
+                    if jwks.healthy.swap(false, Ordering::Relaxed) || jwks.keys.load().is_empty() {
+                        tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the keys at hand");
+                    }
+                    RETRY_AFTER_ERROR.min(jwks.refresh)
+                }
+            };
+            let min_refetch = jwks.min_refetch;
+            let wanted = async {
+                jwks.wanted.notified().await;
+                // Rate limit: no refetch sooner than min_refetch after the
+                // last fetch, however many tokens ask.
+                tokio::time::sleep(min_refetch).await;
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = wanted => {}
+            }
+            drop(jwks);
+        }
+    }
+
+    async fn fetch(&self, client: &HttpsClient) -> Result<Vec<VerifyingKey>, String> {
+        let request = http::Request::get(self.url.clone())
+            .header(http::header::ACCEPT, "application/json")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(FETCH_TIMEOUT, client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("status {}", response.status()));
+        }
+        let body = tokio::time::timeout(
+            FETCH_TIMEOUT,
+            Limited::new(response.into_body(), MAX_DOCUMENT).collect(),
+        )
+        .await
+        .map_err(|_| "timed out reading the document".to_owned())?
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+        keys::keys_from_jwks(&body).map_err(|e| e.to_string())
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+fn client() -> HttpsClient {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Check a JWKS URL: `https://`, or `http://` to a loopback host only (a
+/// key set fetched in the clear from elsewhere could be swapped).
+pub fn parse_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
+    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
+    match uri.scheme_str() {
+        Some("https") => Ok(uri),
+        Some("http") => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(uri)
+            } else {
+                Err(format!(
+                    "`{url}`: JWKS must be fetched over https (plain http only from loopback)"
+                ))
+            }
+        }
+        _ => Err(format!("`{url}` must start with https://")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(parse_url("https://auth.example.com/.well-known/jwks.json").is_ok());
+        assert!(parse_url("http://127.0.0.1:8080/jwks").is_ok());
+        assert!(parse_url("http://[::1]:8080/jwks").is_ok());
+        assert!(parse_url("http://localhost/jwks").is_ok());
+        for bad in [
+            "http://auth.example.com/jwks",
+            "ftp://x/",
+            "jwks.json",
+            "",
+            "http://10.0.0.1/",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
