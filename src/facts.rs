@@ -27,6 +27,9 @@ pub struct Facts<'a> {
     pub peer_ip: IpAddr,
     /// The time of the request: the wall clock live, the log's in a replay.
     pub now: SystemTime,
+    /// What the application said about the request's session cookie, when
+    /// the front door asked (see `IdentityStage::session`).
+    pub session: Option<crate::identity::Identity>,
 }
 
 impl<'a> Facts<'a> {
@@ -54,6 +57,7 @@ impl<'a> Facts<'a> {
             client_ip,
             peer_ip,
             now,
+            session: None,
         }
     }
 }

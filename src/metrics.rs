@@ -104,6 +104,8 @@ pub struct Metrics {
     pub client_aborts: IntCounter,
     /// JWKS fetch outcomes.
     pub jwks: crate::identity::jwks::JwksMetrics,
+    /// Session lookups.
+    pub sessions: crate::identity::session::SessionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -246,6 +248,34 @@ impl Metrics {
             error: jwks_vec.with_label_values(&["error"]),
         };
 
+        let session_cache = IntCounterVec::new(
+            Opts::new(
+                "usher_session_cache_total",
+                "Session lookups, by whether the cache answered (hit) or the application was asked (miss).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(session_cache.clone()))?;
+        let session_unavailable = IntCounter::new(
+            "usher_session_introspection_failures_total",
+            "Session introspection calls that failed or timed out; those requests went on as anonymous.",
+        )?;
+        registry.register(Box::new(session_unavailable.clone()))?;
+        let session_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "usher_session_introspection_duration_seconds",
+                "Time of session introspection calls to the application.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        registry.register(Box::new(session_latency.clone()))?;
+        let sessions = crate::identity::session::SessionMetrics {
+            cache_hits: session_cache.with_label_values(&["hit"]),
+            cache_misses: session_cache.with_label_values(&["miss"]),
+            unavailable: session_unavailable,
+            latency: session_latency,
+        };
+
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "usher_build_info",
@@ -271,6 +301,7 @@ impl Metrics {
             access_log_dropped,
             client_aborts,
             jwks,
+            sessions,
         })
     }
 

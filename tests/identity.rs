@@ -376,3 +376,158 @@ jwks_min_refetch = "500ms"
     let metrics = usher.metrics().await;
     assert!(sample(&metrics, r#"usher_jwks_refreshes_total{result="ok"}"#).unwrap() >= 2.0);
 }
+
+/// A test application that answers session introspection: `good` and
+/// `paid` are live sessions, `slow` takes 3 s, anything else is unknown.
+async fn session_app(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Upstream {
+    upstream(move |req: Request<hyper::body::Incoming>| {
+        let calls = calls.clone();
+        async move {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let cookie = req
+                .headers()
+                .get("cookie")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            let answer = match cookie.as_str() {
+                "sid=good" => Some(json!({"user_id": 42, "plan": "free", "active": true})),
+                "sid=paid" => Some(json!({"user_id": "u-7", "plan": "pro", "active": true})),
+                "sid=inactive" => Some(json!({"user_id": "u-8", "active": false})),
+                "sid=slow" => {
+                    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                    Some(json!({"user_id": "late", "active": true}))
+                }
+                _ => None,
+            };
+            match answer {
+                Some(body) => http::Response::new(full(body.to_string())),
+                None => http::Response::builder()
+                    .status(401)
+                    .body(full(""))
+                    .unwrap(),
+            }
+        }
+    })
+    .await
+}
+
+fn session_config(up: &Upstream, url: &str) -> String {
+    config(
+        up,
+        &format!(
+            r#"
+[identity.session]
+cookie = "sid"
+introspect_url = "{url}"
+timeout = "300ms"
+subject_field = "user_id"
+active_field = "active"
+paying = {{ claim = "plan", any_of = ["pro"] }}
+"#
+        ),
+    )
+}
+
+async fn with_cookie(usher: &Usher, cookie: &str) -> Value {
+    let req = Request::get(usher.url("/"))
+        .header("cookie", cookie)
+        .body(full(""))
+        .unwrap();
+    let (_, body) = send(req).await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_are_introspected_cached_and_fail_open() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = Arc::new(AtomicUsize::new(0));
+    let app = session_app(calls.clone()).await;
+    let up = upstream(echo).await;
+    let usher = Usher::start(&session_config(
+        &up,
+        &format!("http://{}/internal/session", app.addr),
+    ));
+
+    let seen = with_cookie(&usher, "theme=dark; sid=good").await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("registered_user"));
+    assert_eq!(label(&seen, "x-usher-subject"), Some("42"));
+    let seen = with_cookie(&usher, "sid=paid").await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("paying_customer"));
+    assert_eq!(label(&seen, "x-usher-subject"), Some("u-7"));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Cached: repeated requests do not ask again.
+    for _ in 0..5 {
+        let seen = with_cookie(&usher, "sid=good").await;
+        assert_eq!(label(&seen, "x-usher-class"), Some("registered_user"));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // Unknown and inactive sessions get no trust; unknown ones are cached too.
+    for cookie in ["sid=forged", "sid=forged", "sid=inactive"] {
+        let seen = with_cookie(&usher, cookie).await;
+        assert_eq!(
+            label(&seen, "x-usher-class"),
+            Some("public_visitor"),
+            "{cookie}"
+        );
+        assert_eq!(label(&seen, "x-usher-subject"), None);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+
+    // One lookup per session however many requests wait for it.
+    let before = calls.load(Ordering::SeqCst);
+    let lookups: Vec<_> = (0..20).map(|_| with_cookie(&usher, "sid=paid2")).collect();
+    futures_util::future::join_all(lookups).await;
+    assert_eq!(calls.load(Ordering::SeqCst) - before, 1, "singleflight");
+
+    // Slow application: the request goes on as anonymous within the timeout.
+    let started = std::time::Instant::now();
+    let seen = with_cookie(&usher, "sid=slow").await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, r#"usher_session_cache_total{result="hit"}"#),
+        Some(25.0)
+    );
+    assert_eq!(
+        sample(&metrics, "usher_session_introspection_failures_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="ok",source="session"}"#
+        ),
+        Some(7.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="unknown_key",source="session"}"#
+        ),
+        Some(23.0),
+        "forged twice, inactive once, the 20 waiting on an unknown session"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_down_application_means_anonymous_not_errors() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let up = upstream(echo).await;
+    let usher = Usher::start(&session_config(&up, &format!("http://{closed}/session")));
+    let seen = with_cookie(&usher, "sid=good").await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, "usher_session_introspection_failures_total"),
+        Some(1.0)
+    );
+}

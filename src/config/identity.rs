@@ -18,6 +18,68 @@ pub struct IdentityConfig {
     pub jwt: Vec<JwtIssuerConfig>,
     /// API keys (`[identity.api_keys]`).
     pub api_keys: Option<ApiKeysConfig>,
+    /// Opaque session cookies resolved by the application
+    /// (`[identity.session]`).
+    pub session: Option<SessionConfig>,
+}
+
+/// Opaque session cookies, resolved by an introspection call to the
+/// application and cached.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// The session cookie's name.
+    #[serde(deserialize_with = "non_empty")]
+    pub cookie: String,
+    /// The application's endpoint that answers who a session belongs to.
+    pub introspect_url: Spanned<String>,
+    /// How long an introspection call may take; past it the request goes
+    /// on as anonymous.
+    #[serde(
+        default = "default_introspect_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub timeout: Duration,
+    /// How long a resolved session is remembered.
+    #[serde(
+        default = "default_cache_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub cache_ttl: Duration,
+    /// How long an unknown session is remembered.
+    #[serde(
+        default = "default_negative_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub negative_ttl: Duration,
+    /// Most sessions remembered at once.
+    #[serde(default = "default_session_capacity")]
+    pub capacity: usize,
+    /// The response field naming the account (string or number).
+    #[serde(deserialize_with = "non_empty")]
+    pub subject_field: String,
+    /// If set, this response field must be `true` for the session to count.
+    #[serde(default)]
+    pub active_field: Option<String>,
+    /// Response fields that make the account paying (any matches).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub paying: Vec<ClaimMatch>,
+}
+
+fn default_introspect_timeout() -> Duration {
+    Duration::from_millis(300)
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_session_capacity() -> usize {
+    100_000
 }
 
 /// Where API keys are read from and the file of their hashes.

@@ -445,7 +445,11 @@ mod tests {
                 );
             }
         }
-        for (probe, table) in [("[identity.jwt]", "jwt"), ("identity.api_keys", "api_keys")] {
+        for (probe, table) in [
+            ("[identity.jwt]", "jwt"),
+            ("identity.api_keys", "api_keys"),
+            ("identity.session", "session"),
+        ] {
             let keys = known_keys(Some(probe));
             assert!(keys.len() > 2, "{keys:?}");
             for key in keys {

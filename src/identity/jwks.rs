@@ -11,14 +11,11 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 
 use super::keys::{self, VerifyingKey};
+use super::remote::{HttpsClient, https_client};
 
 /// The largest JWKS document accepted.
 const MAX_DOCUMENT: usize = 1 << 20;
@@ -81,7 +78,7 @@ impl RemoteJwks {
     /// Keep the key set fresh until every other holder of it is gone (the
     /// config was replaced).
     pub async fn run(this: Weak<Self>, metrics: JwksMetrics) {
-        let client = client();
+        let client = https_client();
         loop {
             let Some(jwks) = this.upgrade() else { return };
             let fetched = jwks.fetch(&client).await;
@@ -140,63 +137,5 @@ impl RemoteJwks {
         .map_err(|e| e.to_string())?
         .to_bytes();
         keys::keys_from_jwks(&body).map_err(|e| e.to_string())
-    }
-}
-
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
-fn client() -> HttpsClient {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(connector)
-}
-
-/// Check a JWKS URL: `https://`, or `http://` to a loopback host only (a
-/// key set fetched in the clear from elsewhere could be swapped).
-pub fn parse_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url.parse().map_err(|_| format!("`{url}` is not a URL"))?;
-    let host = uri.host().ok_or_else(|| format!("`{url}` has no host"))?;
-    match uri.scheme_str() {
-        Some("https") => Ok(uri),
-        Some("http") => {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let loopback = host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if loopback {
-                Ok(uri)
-            } else {
-                Err(format!(
-                    "`{url}`: JWKS must be fetched over https (plain http only from loopback)"
-                ))
-            }
-        }
-        _ => Err(format!("`{url}` must start with https://")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        assert!(parse_url("https://auth.example.com/.well-known/jwks.json").is_ok());
-        assert!(parse_url("http://127.0.0.1:8080/jwks").is_ok());
-        assert!(parse_url("http://[::1]:8080/jwks").is_ok());
-        assert!(parse_url("http://localhost/jwks").is_ok());
-        for bad in [
-            "http://auth.example.com/jwks",
-            "ftp://x/",
-            "jwks.json",
-            "",
-            "http://10.0.0.1/",
-        ] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -7,6 +7,8 @@ pub mod cache;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod remote;
+pub mod session;
 pub mod strict_json;
 
 use std::path::Path;
@@ -30,17 +32,20 @@ pub enum Source {
     Jwt,
     /// An API key.
     ApiKey,
+    /// A session cookie resolved by the application.
+    Session,
 }
 
 impl Source {
     /// Every source, in a fixed order.
-    pub const ALL: [Source; 2] = [Source::Jwt, Source::ApiKey];
+    pub const ALL: [Source; 3] = [Source::Jwt, Source::ApiKey, Source::Session];
 
     /// The `source` label value.
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::Jwt => "jwt",
             Source::ApiKey => "api_key",
+            Source::Session => "session",
         }
     }
 }
@@ -191,6 +196,7 @@ pub struct IdentityStage {
     jwt: JwtVerifier,
     /// Cookie names, each with the one issuer whose tokens it may carry.
     jwt_cookies: Vec<(String, usize)>,
+    session: Option<session::SessionResolver>,
     on_invalid: OnInvalid,
 }
 
@@ -249,10 +255,32 @@ impl IdentityStage {
                 })
             }
         };
+        let session = match &config.session {
+            None => None,
+            Some(c) => {
+                let url = remote::parse_url(c.introspect_url.get_ref()).map_err(|message| {
+                    origin.error_at(
+                        Some(c.introspect_url.span()),
+                        format!("`identity.session.introspect_url`: {message}"),
+                    )
+                })?;
+                if jwt_cookies.iter().any(|(name, _)| *name == c.cookie) {
+                    return Err(ConfigError::Inconsistent {
+                        file: origin.file.clone(),
+                        message: format!(
+                            "identity.session: cookie `{}` already carries a JWT issuer's tokens",
+                            c.cookie
+                        ),
+                    });
+                }
+                Some(session::SessionResolver::new(c, url))
+            }
+        };
         Ok(IdentityStage {
             api_keys,
             jwt: JwtVerifier::new(issuers),
             jwt_cookies,
+            session,
             on_invalid: config.on_invalid,
         })
     }
@@ -260,6 +288,36 @@ impl IdentityStage {
     /// The remote key sets that need a fetch task.
     pub fn remote_jwks(&self) -> Vec<Arc<jwks::RemoteJwks>> {
         self.jwt.remote_jwks()
+    }
+
+    /// Ask the application about the request's session cookie, if sessions
+    /// are configured and no other credential comes first. Resolved before
+    /// classification (the only step that may wait, bounded by the
+    /// introspection timeout) and handed over in `Facts::session`.
+    pub async fn session(
+        &self,
+        headers: &HeaderMap,
+        metrics: &session::SessionMetrics,
+    ) -> Option<Identity> {
+        let resolver = self.session.as_ref()?;
+        let api_key_header = self.api_keys.as_ref().map(|a| &a.header);
+        let other_credential = headers.contains_key(AUTHORIZATION)
+            || api_key_header.is_some_and(|h| headers.contains_key(h))
+            || self
+                .jwt_cookies
+                .iter()
+                .any(|(name, _)| !matches!(cookie(headers, name), Ok(None)));
+        if other_credential {
+            return None;
+        }
+        match cookie(headers, resolver.cookie()) {
+            Ok(None) => None,
+            Ok(Some(id)) => Some(resolver.resolve(id, metrics).await.identity()),
+            Err(Ambiguous) => Some(Identity::Invalid {
+                source: Source::Session,
+                reason: InvalidReason::Malformed,
+            }),
+        }
     }
 
     /// What to do with requests whose credential failed.
@@ -302,7 +360,7 @@ impl IdentityStage {
             }
         }
         if self.jwt.is_empty() {
-            return Identity::Anonymous;
+            return facts.session.clone().unwrap_or_default();
         }
         let jwt = |token: &str, only: Option<usize>| match self.jwt.verify(token, facts.now, only) {
             Ok(identity) => identity,
@@ -321,7 +379,7 @@ impl IdentityStage {
                 Ok(None) => {}
             }
         }
-        Identity::Anonymous
+        facts.session.clone().unwrap_or_default()
     }
 }
 
@@ -416,7 +474,7 @@ fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, 
     let remote = match &c.jwks_url {
         None => None,
         Some(url) => {
-            let uri = jwks::parse_url(url.get_ref()).map_err(|message| SourceError {
+            let uri = remote::parse_url(url.get_ref()).map_err(|message| SourceError {
                 span: Some(url.span()),
                 message: format!("`{}`: {message}", key("jwks_url")),
             })?;

@@ -694,3 +694,42 @@ fn duplicate_issuers_and_cookies_are_config_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("at most"), "{e}");
 }
+
+#[test]
+fn signed_session_cookies_are_jwts_in_a_cookie() {
+    let stage = stage(
+        r#"
+[[identity.jwt]]
+issuer = "https://app.example/"
+audience = "web"
+algorithms = ["HS256"]
+secret_file = "hs.secret"
+cookie = "app_session"
+"#,
+    );
+    let mut c = claims(Algorithm::HS256);
+    c["iss"] = json!("https://app.example/");
+    let token = mint(Algorithm::HS256, &c);
+    let (parts, ()) = http::Request::builder()
+        .header("cookie", format!("app_session={token}"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    let ip = "192.0.2.1".parse().unwrap();
+    let at = UNIX_EPOCH + Duration::from_secs(NOW);
+    assert!(matches!(
+        stage.identify(&Facts::new(&parts, ip, ip, at)),
+        Identity::User { .. }
+    ));
+    let last = if token.ends_with('x') { 'y' } else { 'x' };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
+    let (parts, ()) = http::Request::builder()
+        .header("cookie", format!("app_session={forged}"))
+        .body(())
+        .unwrap()
+        .into_parts();
+    assert!(matches!(
+        stage.identify(&Facts::new(&parts, ip, ip, at)),
+        Identity::Invalid { .. }
+    ));
+}

@@ -115,10 +115,15 @@ impl Proxy {
         let peer_ip = peer.ip().to_canonical();
         let client_ip = settings.trusted.client_ip(peer_ip, &parts.headers);
         let now = SystemTime::now();
-        let clock = Instant::now();
-        let classification = settings
+        let session = settings
             .classifier
-            .classify(&Facts::new(&parts, peer_ip, client_ip, now));
+            .identity()
+            .session(&parts.headers, &self.metrics.sessions)
+            .await;
+        let clock = Instant::now();
+        let mut facts = Facts::new(&parts, peer_ip, client_ip, now);
+        facts.session = session;
+        let classification = settings.classifier.classify(&facts);
         self.metrics.observe_classify(clock.elapsed());
         self.metrics.count_identity(&classification.identity);
         let verdict = classification.verdict;
