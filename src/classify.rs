@@ -8,7 +8,9 @@ use crate::facts::Facts;
 use crate::identity::{Identity, IdentityStage};
 use crate::rules::{Outcome, RuleSet};
 use crate::signals::{Signals, SignalsStage};
+use crate::state::ClientStore;
 use crate::verdict::{Action, Class, Verdict};
+use std::sync::Arc;
 
 /// Everything the pipeline learned about one request, for callers that
 /// want more than the verdict (explain, shadow-rule metrics).
@@ -50,7 +52,17 @@ impl Classifier {
     /// Compile the pipeline a config describes, loading key material.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
-        Ok(Self::with_identity(identity, RuleSet::default()))
+        let state = Arc::new(ClientStore::new(config.state.capacity));
+        Ok(Classifier {
+            identity,
+            signals: SignalsStage::new(state),
+            rules: RuleSet::default(),
+        })
+    }
+
+    /// The signals stage (for its client state).
+    pub fn signals(&self) -> &SignalsStage {
+        &self.signals
     }
 
     /// The credential stage (for its background tasks).

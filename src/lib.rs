@@ -20,4 +20,5 @@ pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod signals;
+pub mod state;
 pub mod verdict;

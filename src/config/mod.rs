@@ -218,10 +218,33 @@ impl Default for Timeouts {
     }
 }
 
-/// Per-client state. Nothing is configurable yet, so the table must be empty.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateConfig {}
+/// Per-client state.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The most clients remembered at once; the least recently seen are
+    /// evicted past it.
+    #[serde(deserialize_with = "capacity")]
+    pub capacity: usize,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            capacity: 1_000_000,
+        }
+    }
+}
+
+fn capacity<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if !(1_000..=100_000_000).contains(&n) {
+        return Err(serde::de::Error::custom(
+            "capacity must be between 1000 and 100000000 clients",
+        ));
+    }
+    Ok(n)
+}
 
 impl Config {
     /// Read and validate a config file.

@@ -733,3 +733,44 @@ cookie = "app_session"
         Identity::Invalid { .. }
     ));
 }
+
+#[test]
+fn failed_credentials_are_counted_per_client() {
+    use crate::classify::Classifier;
+    use crate::rules::RuleSet;
+    let classifier = Classifier::with_identity(all_issuers(), RuleSet::default());
+    let run = |ip: &str, token: &str, at: u64| {
+        let (parts, ()) = http::Request::builder()
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap()
+            .into_parts();
+        let ip = ip.parse().unwrap();
+        classifier
+            .classify(&Facts::new(
+                &parts,
+                ip,
+                ip,
+                UNIX_EPOCH + Duration::from_secs(at),
+            ))
+            .signals
+            .auth_failures_5m
+    };
+    let mut long_lived = claims(Algorithm::HS256);
+    long_lived["exp"] = json!(NOW + 3600);
+    let good = mint(Algorithm::HS256, &long_lived);
+    for i in 1..=5 {
+        assert_eq!(run("198.51.100.1", "forged.token.x", NOW + i), i as u32);
+    }
+    assert_eq!(
+        run("198.51.100.1", &good, NOW + 6),
+        5,
+        "a good token does not reset it"
+    );
+    assert_eq!(run("198.51.100.2", &good, NOW + 6), 0, "another client");
+    assert_eq!(
+        run("198.51.100.1", &good, NOW + 2000),
+        0,
+        "five minutes later"
+    );
+}
