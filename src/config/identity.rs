@@ -58,6 +58,9 @@ pub struct SessionConfig {
     /// The response field naming the account (string or number).
     #[serde(deserialize_with = "non_empty")]
     pub subject_field: String,
+    /// Put before every session's subject in `x-usher-subject`.
+    #[serde(default, deserialize_with = "subject_prefix")]
+    pub subject_prefix: String,
     /// If set, this response field must be `true` for the session to count.
     #[serde(default)]
     pub active_field: Option<String>,
@@ -95,6 +98,9 @@ pub struct ApiKeysConfig {
     /// this prefix (so bearer JWTs and keys can share the header).
     #[serde(default)]
     pub bearer_prefix: Option<String>,
+    /// Put before every key owner in `x-usher-subject`.
+    #[serde(default, deserialize_with = "subject_prefix")]
+    pub subject_prefix: String,
 }
 
 fn default_api_key_header() -> String {
@@ -161,6 +167,10 @@ pub struct JwtIssuerConfig {
     /// The claim naming the account.
     #[serde(default = "default_subject_claim")]
     pub subject_claim: String,
+    /// Put before every subject this issuer vouches for (e.g. "partner:"),
+    /// so subjects from different sources cannot be confused upstream.
+    #[serde(default, deserialize_with = "subject_prefix")]
+    pub subject_prefix: String,
     /// Claims that make a verified account `paying_customer` (any matches).
     #[serde(default, deserialize_with = "one_or_many")]
     pub paying: Vec<ClaimMatch>,
@@ -208,6 +218,17 @@ fn leeway<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         ));
     }
     Ok(leeway)
+}
+
+/// A subject prefix becomes part of a header value: printable ASCII only.
+fn subject_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(serde::de::Error::custom(
+            "a subject prefix is printable ASCII without spaces",
+        ));
+    }
+    Ok(s)
 }
 
 fn default_subject_claim() -> String {

@@ -2,11 +2,11 @@
 //! key, compared in constant time, each mapped to an owner and a class.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use serde::{Deserialize, Deserializer};
 
+use super::jwt::prefixed;
 use super::{Identity, InvalidReason, Source, Tier};
 use crate::config::{ConfigError, parse_toml};
 use crate::verdict::Class;
@@ -51,19 +51,20 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    /// Parse a keys file; `file` names it in errors.
-    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+    /// Parse a keys file; `file` names it in errors, `prefix` goes before
+    /// every owner.
+    pub fn parse(text: &str, file: &str, subject_prefix: &str) -> Result<Self, ConfigError> {
         let parsed: KeysFile = parse_toml(text, file)?;
         let mut keys = ApiKeys::default();
         for (i, entry) in parsed.key.into_iter().enumerate() {
             let identity = match entry.class {
                 Class::ServiceClient => Identity::Service {
                     source: Source::ApiKey,
-                    client_id: Arc::from(entry.owner),
+                    client_id: prefixed(subject_prefix, &entry.owner),
                 },
                 _ => Identity::User {
                     source: Source::ApiKey,
-                    subject: Arc::from(entry.owner),
+                    subject: prefixed(subject_prefix, &entry.owner),
                     tier: Tier::Paying,
                 },
             };
@@ -221,6 +222,7 @@ mod tests {
                 ("k-pro", "bob \"b\"", "paying_customer"),
             ]),
             "keys.toml",
+            "",
         )
         .unwrap();
         assert_eq!(keys.len(), 2);
@@ -275,12 +277,14 @@ mod tests {
                 5,
             ),
         ] {
-            let e = ApiKeys::parse(bad, "keys.toml").unwrap_err().to_string();
+            let e = ApiKeys::parse(bad, "keys.toml", "")
+                .unwrap_err()
+                .to_string();
             assert!(e.starts_with(&format!("keys.toml:{line}:")), "{e}");
         }
         let dup = file(&[("k", "a", "service_client"), ("k", "b", "service_client")]);
         assert!(
-            ApiKeys::parse(&dup, "keys.toml")
+            ApiKeys::parse(&dup, "keys.toml", "")
                 .unwrap_err()
                 .to_string()
                 .contains("twice")

@@ -43,6 +43,8 @@ pub struct Issuer {
     pub leeway: Duration,
     /// The claim naming the account.
     pub subject_claim: String,
+    /// Put before every subject it vouches for.
+    pub subject_prefix: String,
     /// Claims that make an account paying.
     pub paying: Vec<ClaimMatch>,
     /// Claims that make a token a service client's.
@@ -317,6 +319,15 @@ fn string_claim<'a>(
     }
 }
 
+/// A subject with its source's prefix.
+pub fn prefixed(prefix: &str, subject: &str) -> Arc<str> {
+    if prefix.is_empty() {
+        Arc::from(subject)
+    } else {
+        Arc::from(format!("{prefix}{subject}"))
+    }
+}
+
 /// Map verified claims to an identity.
 fn classify(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Identity, InvalidReason> {
     let subject = string_claim(claims, &issuer.subject_claim)?;
@@ -327,7 +338,7 @@ fn classify(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Identity, In
         let id = client_id.or(subject).ok_or(InvalidReason::Malformed)?;
         return Ok(Identity::Service {
             source: Source::Jwt,
-            client_id: Arc::from(id),
+            client_id: prefixed(&issuer.subject_prefix, id),
         });
     }
     let subject = subject.ok_or(InvalidReason::Malformed)?;
@@ -338,7 +349,7 @@ fn classify(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Identity, In
     };
     Ok(Identity::User {
         source: Source::Jwt,
-        subject: Arc::from(subject),
+        subject: prefixed(&issuer.subject_prefix, subject),
         tier,
     })
 }

@@ -247,7 +247,7 @@ impl IdentityStage {
                         path.display()
                     ))
                 })?;
-                let keys = ApiKeys::parse(&text, &path.display().to_string())?;
+                let keys = ApiKeys::parse(&text, &path.display().to_string(), &c.subject_prefix)?;
                 Some(ApiKeySource {
                     header,
                     bearer_prefix: c.bearer_prefix.clone().filter(|p| !p.is_empty()),
@@ -528,6 +528,7 @@ fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, 
         remote,
         leeway: c.leeway,
         subject_claim: c.subject_claim.clone(),
+        subject_prefix: c.subject_prefix.clone(),
         paying: c.paying.clone(),
         service: c.service.clone(),
         service_without_subject: c.service_without_subject,

@@ -17,7 +17,7 @@ use prometheus::{Histogram, IntCounter};
 use serde_json::{Map, Value};
 use tokio::sync::OnceCell;
 
-use super::jwt::claim_matches;
+use super::jwt::{claim_matches, prefixed};
 use super::remote::{HttpsClient, https_client};
 use super::strict_json::parse_object;
 use super::{Identity, InvalidReason, Source, Tier};
@@ -73,6 +73,7 @@ pub struct SessionResolver {
     negative_ttl: Duration,
     capacity: usize,
     subject_field: String,
+    subject_prefix: String,
     active_field: Option<String>,
     paying: Vec<crate::config::identity::ClaimMatch>,
     slots: DashMap<Box<str>, Arc<Slot>>,
@@ -90,6 +91,7 @@ impl SessionResolver {
             negative_ttl: config.negative_ttl,
             capacity: config.capacity.max(1),
             subject_field: config.subject_field.clone(),
+            subject_prefix: config.subject_prefix.clone(),
             active_field: config.active_field.clone(),
             paying: config.paying.clone(),
             slots: DashMap::new(),
@@ -239,7 +241,7 @@ impl SessionResolver {
         };
         Lookup::Known(Identity::User {
             source: Source::Session,
-            subject: Arc::from(subject),
+            subject: prefixed(&self.subject_prefix, &subject),
             tier,
         })
     }

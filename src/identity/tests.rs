@@ -774,3 +774,78 @@ fn failed_credentials_are_counted_per_client() {
         "five minutes later"
     );
 }
+
+#[test]
+fn subject_prefixes_keep_sources_apart() {
+    let stage = stage(
+        r#"
+[[identity.jwt]]
+issuer = "https://partner.example/"
+audience = "web"
+algorithms = ["HS256"]
+secret_file = "hs.secret"
+subject_prefix = "partner:"
+"#,
+    );
+    let mut c = claims(Algorithm::HS256);
+    c["iss"] = json!("https://partner.example/");
+    let identity = check(&stage, &mint(Algorithm::HS256, &c));
+    assert_eq!(identity.subject().map(|s| &**s), Some("partner:user-1"));
+    let bad = Config::parse(
+        "[[identity.jwt]]\nissuer = \"i\"\naudience = \"a\"\nalgorithms = [\"HS256\"]\nsecret_file = \"x\"\nsubject_prefix = \"a b\"\n",
+        "t.toml",
+    );
+    assert!(bad.unwrap_err().to_string().starts_with("t.toml:6:"));
+}
+
+#[test]
+fn every_algorithm_rejects_the_usual_forgeries() {
+    let stage = all_issuers();
+    for alg in [
+        Algorithm::HS256,
+        Algorithm::RS256,
+        Algorithm::ES256,
+        Algorithm::EdDSA,
+    ] {
+        let leeway = if alg == Algorithm::EdDSA { 0 } else { 30 };
+        let cases: [(&str, Value, InvalidReason); 4] = [
+            ("exp", json!(NOW - leeway - 1), InvalidReason::Expired),
+            ("nbf", json!(NOW + leeway + 60), InvalidReason::NotYetValid),
+            ("aud", json!("elsewhere"), InvalidReason::WrongAudience),
+            (
+                "iss",
+                json!("https://unknown.example/"),
+                InvalidReason::WrongIssuer,
+            ),
+        ];
+        for (claim, value, reason) in cases {
+            let mut c = claims(alg);
+            c[claim] = value;
+            assert_eq!(
+                check(&stage, &mint(alg, &c)),
+                invalid(reason),
+                "{alg:?} {claim}"
+            );
+        }
+        let good = mint(alg, &claims(alg));
+        let (head, rest) = good.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        let mut forged = claims(alg);
+        forged["sub"] = json!("admin");
+        let tampered = format!(
+            "{head}.{}.{signature}",
+            URL_SAFE_NO_PAD.encode(forged.to_string())
+        );
+        assert_eq!(
+            check(&stage, &tampered),
+            invalid(InvalidReason::BadSignature),
+            "{alg:?}"
+        );
+        let unsigned = format!("{head}.{}.", URL_SAFE_NO_PAD.encode(forged.to_string()));
+        assert_eq!(
+            check(&stage, &unsigned),
+            invalid(InvalidReason::Malformed),
+            "{alg:?}"
+        );
+    }
+}
