@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::identity::{Identity, InvalidReason, Source};
+use crate::identity::{Identity, InvalidReason, Source, UnverifiedReason};
 use crate::verdict::{Action, Class};
 
 /// Why a request could not be served by the upstream.
@@ -84,6 +84,19 @@ impl Failure {
     }
 }
 
+/// `ok`, each invalid reason, then each unverified reason.
+const VERIFICATION_RESULTS: usize = 1 + InvalidReason::ALL.len() + UnverifiedReason::ALL.len();
+
+/// The `result` label of a verification outcome, by index.
+fn verification_result(i: usize) -> &'static str {
+    let invalid = InvalidReason::ALL.len();
+    match i {
+        0 => "ok",
+        i if i <= invalid => InvalidReason::ALL[i - 1].as_str(),
+        i => UnverifiedReason::ALL[i - 1 - invalid].as_str(),
+    }
+}
+
 /// All of usher's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -92,8 +105,8 @@ pub struct Metrics {
     classify_duration: Histogram,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; UpstreamError::ALL.len()],
-    /// Per source: index 0 counts verified credentials, 1.. each failure.
-    verifications: [[IntCounter; 1 + InvalidReason::ALL.len()]; Source::ALL.len()],
+    /// Per source and result (see `VERIFICATION_RESULTS`).
+    verifications: [[IntCounter; VERIFICATION_RESULTS]; Source::ALL.len()],
     /// Client connections currently open.
     pub connections_active: IntGauge,
     /// Upgraded (WebSocket) tunnels currently open.
@@ -203,11 +216,7 @@ impl Metrics {
         registry.register(Box::new(verifications_vec.clone()))?;
         let verifications = Source::ALL.map(|source| {
             std::array::from_fn(|i| {
-                let result = match i {
-                    0 => "ok",
-                    _ => InvalidReason::ALL[i - 1].as_str(),
-                };
-                verifications_vec.with_label_values(&[source.as_str(), result])
+                verifications_vec.with_label_values(&[source.as_str(), verification_result(i)])
             })
         });
 
@@ -331,6 +340,9 @@ impl Metrics {
             Identity::Anonymous => return,
             Identity::User { source, .. } | Identity::Service { source, .. } => (source, 0),
             Identity::Invalid { source, reason } => (source, 1 + *reason as usize),
+            Identity::Unverified { source, reason } => {
+                (source, 1 + InvalidReason::ALL.len() + *reason as usize)
+            }
         };
         self.verifications[*source as usize][i].inc();
     }

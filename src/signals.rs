@@ -7,7 +7,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::facts::Facts;
 use crate::identity::Identity;
-use crate::state::{AUTH_FAILURE_WINDOW, ClientKey, ClientStore};
+use crate::state::{AUTH_FAILURE_WINDOW, ClientKey, ClientStore, client, update_client};
 
 /// Derived observations about one request, read by the rules.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,14 +50,12 @@ impl SignalsStage {
             .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
         let key = ClientKey::of(facts.client_ip);
         let auth_failures_5m = if matches!(identity, Identity::Invalid { .. }) {
-            let record = self
-                .state
-                .update(key, |r| r.auth_failures.add(now, AUTH_FAILURE_WINDOW));
+            let record = update_client(&self.state, key, |r| {
+                r.auth_failures.add(now, AUTH_FAILURE_WINDOW)
+            });
             record.auth_failures.count(now, AUTH_FAILURE_WINDOW)
         } else {
-            self.state
-                .get(key)
-                .map_or(0, |r| r.auth_failures.count(now, AUTH_FAILURE_WINDOW))
+            client(&self.state, key).map_or(0, |r| r.auth_failures.count(now, AUTH_FAILURE_WINDOW))
         };
         Signals {
             user_agent_missing: facts.user_agent.is_none_or(str::is_empty),

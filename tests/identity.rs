@@ -317,7 +317,7 @@ issuer = "https://rotating.example/"
 audience = "web"
 algorithms = ["RS256"]
 jwks_url = "http://{}/jwks.json"
-jwks_min_refetch = "500ms"
+jwks_min_refetch = "1s"
 "#,
             jwks_server.addr
         ),
@@ -362,7 +362,7 @@ jwks_min_refetch = "500ms"
 
     // A storm of tokens naming unknown keys costs at most a refetch per
     // jwks_min_refetch, not one per token.
-    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let before = fetches.load(Ordering::SeqCst);
     for i in 0..60 {
         assert_eq!(
@@ -370,7 +370,7 @@ jwks_min_refetch = "500ms"
             "public_visitor"
         );
     }
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let during = fetches.load(Ordering::SeqCst) - before;
     assert!(during <= 3, "{during} fetches for 60 unknown-key tokens");
     let metrics = usher.metrics().await;
@@ -394,6 +394,10 @@ async fn session_app(calls: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> U
                 "sid=good" => Some(json!({"user_id": 42, "plan": "free", "active": true})),
                 "sid=paid" => Some(json!({"user_id": "u-7", "plan": "pro", "active": true})),
                 "sid=inactive" => Some(json!({"user_id": "u-8", "active": false})),
+                "sid=shared" => {
+                    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+                    Some(json!({"user_id": "u-9", "active": true}))
+                }
                 "sid=slow" => {
                     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
                     Some(json!({"user_id": "late", "active": true}))
@@ -477,11 +481,20 @@ async fn sessions_are_introspected_cached_and_fail_open() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 
-    // One lookup per session however many requests wait for it.
+    // One lookup per session however many requests wait for it (the
+    // application takes 150 ms, so they all overlap).
     let before = calls.load(Ordering::SeqCst);
-    let lookups: Vec<_> = (0..20).map(|_| with_cookie(&usher, "sid=paid2")).collect();
-    futures_util::future::join_all(lookups).await;
+    let lookups: Vec<_> = (0..20).map(|_| with_cookie(&usher, "sid=shared")).collect();
+    for seen in futures_util::future::join_all(lookups).await {
+        assert_eq!(label(&seen, "x-usher-subject"), Some("u-9"));
+    }
     assert_eq!(calls.load(Ordering::SeqCst) - before, 1, "singleflight");
+
+    // A session id that could smuggle another cookie is not sent at all.
+    let before = calls.load(Ordering::SeqCst);
+    let seen = with_cookie(&usher, "sid=\"good,admin=1\"").await;
+    assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+    assert_eq!(calls.load(Ordering::SeqCst), before);
 
     // Slow application: the request goes on as anonymous within the timeout.
     let started = std::time::Instant::now();
@@ -503,15 +516,22 @@ async fn sessions_are_introspected_cached_and_fail_open() {
             &metrics,
             r#"usher_identity_verifications_total{result="ok",source="session"}"#
         ),
-        Some(7.0)
+        Some(27.0)
     );
     assert_eq!(
         sample(
             &metrics,
-            r#"usher_identity_verifications_total{result="unknown_key",source="session"}"#
+            r#"usher_identity_verifications_total{result="unrecognized",source="session"}"#
         ),
-        Some(23.0),
-        "forged twice, inactive once, the 20 waiting on an unknown session"
+        Some(4.0),
+        "forged twice, inactive once, the smuggling attempt"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="unavailable",source="session"}"#
+        ),
+        Some(1.0)
     );
 }
 
@@ -528,6 +548,72 @@ async fn a_down_application_means_anonymous_not_errors() {
     let metrics = usher.metrics().await;
     assert_eq!(
         sample(&metrics, "usher_session_introspection_failures_total"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_sessions_and_unfetched_keys_are_never_denied() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+    let app = session_app(Arc::new(AtomicUsize::new(0))).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let up = upstream(echo).await;
+    let config = session_config(&up, &format!("http://{}/internal/session", app.addr)).replace(
+        "[identity.session]",
+        &format!(
+            r#"[identity]
+on_invalid = "deny"
+
+[[identity.jwt]]
+issuer = "https://auth.example/"
+audience = "web"
+algorithms = ["RS256"]
+jwks_url = "http://{closed}/jwks.json"
+
+[identity.session]"#
+        ),
+    );
+    let usher = Usher::start(&config);
+    // A logged-out cookie, or a session cookie next to Basic auth.
+    let req = Request::get(usher.url("/login"))
+        .header("cookie", "sid=expired")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(
+        send(req).await.0.status,
+        200,
+        "a stale session cookie is not a forgery"
+    );
+    let req = Request::get(usher.url("/"))
+        .header("cookie", "sid=good")
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .body(full(""))
+        .unwrap();
+    let (parts, body) = send(req).await;
+    assert_eq!(parts.status, 200);
+    let seen: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        label(&seen, "x-usher-class"),
+        Some("registered_user"),
+        "Basic auth is not ours"
+    );
+    // The issuer's keys were never fetched: a token is unverified, not forged.
+    let (status, seen) = seen_with(&usher, Some(&user_token("pro"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        label(&seen.unwrap(), "x-usher-class"),
+        Some("public_visitor")
+    );
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_identity_verifications_total{result="unavailable",source="jwt"}"#
+        ),
         Some(1.0)
     );
 }

@@ -147,15 +147,12 @@ pub struct JwtIssuerConfig {
     #[serde(default)]
     pub jwks_url: Option<Spanned<String>>,
     /// How often the JWKS URL is fetched.
-    #[serde(
-        default = "default_jwks_refresh",
-        deserialize_with = "duration::deserialize"
-    )]
+    #[serde(default = "default_jwks_refresh", deserialize_with = "jwks_refresh")]
     pub jwks_refresh: Duration,
     /// The soonest a token naming an unknown key may cause a refetch.
     #[serde(
         default = "default_jwks_min_refetch",
-        deserialize_with = "duration::deserialize"
+        deserialize_with = "jwks_min_refetch"
     )]
     pub jwks_min_refetch: Duration,
     /// Clock skew tolerated for `exp`, `nbf` and `iat`.
@@ -195,6 +192,27 @@ pub struct ClaimMatch {
     /// The values that match.
     #[serde(deserialize_with = "one_or_many_non_empty")]
     pub any_of: Vec<String>,
+}
+
+/// At least 10 s: an issuer's JWKS is not to be hammered.
+fn jwks_refresh<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    at_least(duration::deserialize(d)?, Duration::from_secs(10), "10s")
+}
+
+/// At least 1 s: the rate limit on refetches must limit something.
+fn jwks_min_refetch<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    at_least(duration::deserialize(d)?, Duration::from_secs(1), "1s")
+}
+
+fn at_least<E: serde::de::Error>(
+    value: Duration,
+    min: Duration,
+    name: &str,
+) -> Result<Duration, E> {
+    if value < min {
+        return Err(E::custom(format!("must be at least \"{name}\"")));
+    }
+    Ok(value)
 }
 
 fn default_jwks_refresh() -> Duration {

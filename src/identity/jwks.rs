@@ -33,7 +33,8 @@ pub struct RemoteJwks {
     keys: ArcSwap<Vec<VerifyingKey>>,
     refresh: Duration,
     min_refetch: Duration,
-    wanted: Notify,
+    wanted: Arc<Notify>,
+    loaded: AtomicBool,
     healthy: AtomicBool,
 }
 
@@ -54,7 +55,8 @@ impl RemoteJwks {
             keys: ArcSwap::from_pointee(Vec::new()),
             refresh,
             min_refetch,
-            wanted: Notify::new(),
+            wanted: Arc::new(Notify::new()),
+            loaded: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
         }
     }
@@ -62,6 +64,11 @@ impl RemoteJwks {
     /// The keys fetched last.
     pub fn keys(&self) -> arc_swap::Guard<Arc<Vec<VerifyingKey>>> {
         self.keys.load()
+    }
+
+    /// Whether a key set has been fetched at least once.
+    pub fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
     }
 
     /// Ask for an early refetch (a token named an unknown key). Cheap and
@@ -79,40 +86,46 @@ impl RemoteJwks {
     /// config was replaced).
     pub async fn run(this: Weak<Self>, metrics: JwksMetrics) {
         let client = https_client();
+        let Some(wanted) = this.upgrade().map(|j| j.wanted.clone()) else {
+            return;
+        };
         loop {
-            let Some(jwks) = this.upgrade() else { return };
-            let fetched = jwks.fetch(&client).await;
-            let wait = match fetched {
-                Ok(keys) => {
-                    metrics.ok.inc();
-                    if !jwks.healthy.swap(true, Ordering::Relaxed) {
-                        tracing::info!(url = %jwks.url, "JWKS fetch recovered");
+            // Hold the key set only while fetching, so a replaced config's
+            // task ends at its next wake-up.
+            let (wait, min_refetch) = {
+                let Some(jwks) = this.upgrade() else { return };
+                let wait = match jwks.fetch(&client).await {
+                    Ok(keys) => {
+                        metrics.ok.inc();
+                        if !jwks.healthy.swap(true, Ordering::Relaxed) {
+                            tracing::info!(url = %jwks.url, "JWKS fetch recovered");
+                        }
+                        tracing::debug!(url = %jwks.url, keys = keys.len(), "JWKS refreshed");
+                        jwks.keys.store(Arc::new(keys));
+                        jwks.loaded.store(true, Ordering::Relaxed);
+                        jwks.refresh
                     }
-                    tracing::debug!(url = %jwks.url, keys = keys.len(), "JWKS refreshed");
-                    jwks.keys.store(Arc::new(keys));
-                    jwks.refresh
-                }
-                Err(e) => {
-                    metrics.error.inc();
-                    // Log on the change to failing, not on every retry.
-                    if jwks.healthy.swap(false, Ordering::Relaxed) || jwks.keys.load().is_empty() {
-                        tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the keys at hand");
+                    Err(e) => {
+                        metrics.error.inc();
+                        // Log on the change to failing, not on every retry.
+                        if jwks.healthy.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(url = %jwks.url, error = %e, "JWKS fetch failed; keeping the keys at hand");
+                        }
+                        RETRY_AFTER_ERROR.min(jwks.refresh)
                     }
-                    RETRY_AFTER_ERROR.min(jwks.refresh)
-                }
+                };
+                (wait, jwks.min_refetch)
             };
-            let min_refetch = jwks.min_refetch;
-            let wanted = async {
-                jwks.wanted.notified().await;
+            let refetch = async {
+                wanted.notified().await;
                 // Rate limit: no refetch sooner than min_refetch after the
                 // last fetch, however many tokens ask.
                 tokio::time::sleep(min_refetch).await;
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = wanted => {}
+                () = refetch => {}
             }
-            drop(jwks);
         }
     }
 

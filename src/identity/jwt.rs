@@ -16,7 +16,7 @@ use super::cache::{Verified, VerifiedCache};
 use super::jwks::RemoteJwks;
 use super::keys::VerifyingKey;
 use super::strict_json::parse_object;
-use super::{Identity, InvalidReason, Source, Tier};
+use super::{Identity, InvalidReason, Source, Tier, UnverifiedReason};
 use crate::config::identity::ClaimMatch;
 
 /// Tokens longer than this are refused unread.
@@ -25,6 +25,20 @@ pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// The latest NumericDate accepted (9999-12-31T23:59:59Z); larger values
 /// are out of range, not "far in the future".
 const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
+
+/// Why a token was not verified.
+enum Failure {
+    /// It is not valid.
+    Invalid(InvalidReason),
+    /// Its issuer's remote keys have never been fetched.
+    KeysUnavailable,
+}
+
+impl From<InvalidReason> for Failure {
+    fn from(reason: InvalidReason) -> Self {
+        Failure::Invalid(reason)
+    }
+}
 
 /// One configured issuer, compiled.
 #[derive(Debug)]
@@ -111,7 +125,16 @@ impl JwtVerifier {
                 Err(InvalidReason::WrongIssuer)
             };
         }
-        let verified = self.verify_uncached(token, now_secs)?;
+        let verified = match self.verify_uncached(token, now_secs) {
+            Ok(verified) => verified,
+            Err(Failure::Invalid(reason)) => return Err(reason),
+            Err(Failure::KeysUnavailable) => {
+                return Ok(Identity::Unverified {
+                    source: Source::Jwt,
+                    reason: UnverifiedReason::Unavailable,
+                });
+            }
+        };
         self.cache.insert(token, &verified, now_secs);
         if !from_issuer(verified.issuer) {
             return Err(InvalidReason::WrongIssuer);
@@ -120,43 +143,43 @@ impl JwtVerifier {
     }
 
     /// Verify without the cache.
-    fn verify_uncached(&self, token: &str, now: f64) -> Result<Verified, InvalidReason> {
+    fn verify_uncached(&self, token: &str, now: f64) -> Result<Verified, Failure> {
         use InvalidReason::*;
         if token.len() > MAX_TOKEN_LEN {
-            return Err(Malformed);
+            return Err(Malformed.into());
         }
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(Malformed);
+            return Err(Malformed.into());
         };
         let header = decode_object(header_b64)?;
         let claims = decode_object(claims_b64)?;
         if signature_b64.is_empty() || URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
-            return Err(Malformed);
+            return Err(Malformed.into());
         }
 
         // Header: an algorithm we know, no critical extensions. `jwk`,
         // `jku`, `x5u` and `x5c` are never looked at.
         let alg = match header.get("alg") {
             Some(Value::String(alg)) => parse_algorithm(alg).ok_or(DisallowedAlgorithm)?,
-            _ => return Err(Malformed),
+            _ => return Err(Malformed.into()),
         };
         if header.contains_key("crit") {
-            return Err(Malformed);
+            return Err(Malformed.into());
         }
         let kid = match header.get("kid") {
             None => None,
             Some(Value::String(kid)) => Some(kid.as_str()),
-            Some(_) => return Err(Malformed),
+            Some(_) => return Err(Malformed.into()),
         };
 
         // Issuer by exact `iss`, then its pinned algorithms and its keys.
         let iss = match claims.get("iss") {
             Some(Value::String(iss)) => iss,
-            Some(_) => return Err(Malformed),
-            None => return Err(WrongIssuer),
+            Some(_) => return Err(Malformed.into()),
+            None => return Err(WrongIssuer.into()),
         };
         let (index, issuer) = self
             .issuers
@@ -165,7 +188,7 @@ impl JwtVerifier {
             .find(|(_, i)| i.issuer == *iss)
             .ok_or(WrongIssuer)?;
         if !issuer.algorithms.contains(&alg) {
-            return Err(DisallowedAlgorithm);
+            return Err(DisallowedAlgorithm.into());
         }
         let family = alg.family();
         let fits = |k: &&VerifyingKey| {
@@ -187,25 +210,36 @@ impl JwtVerifier {
             }
         }
         if !verified {
-            // The issuer may have rotated its keys: ask for a (rate-limited)
-            // refetch; this request is judged on the keys at hand.
             if let Some(remote) = &issuer.remote {
+                // Until the issuer's keys have been fetched once, its
+                // tokens cannot be judged: no trust, but no blame either.
+                if !tried && !remote.loaded() {
+                    remote.want_refetch();
+                    return Err(Failure::KeysUnavailable);
+                }
+                // The issuer may have rotated its keys: ask for a
+                // (rate-limited) refetch; this request is judged on the keys
+                // at hand.
                 remote.want_refetch();
             }
-            return Err(if tried { BadSignature } else { UnknownKey });
+            return Err(Failure::Invalid(if tried {
+                BadSignature
+            } else {
+                UnknownKey
+            }));
         }
 
         // Claims, now that they are known to come from the issuer.
         let leeway = issuer.leeway.as_secs_f64();
         let exp = numeric_date(&claims, "exp")?.ok_or(Malformed)?;
         if now >= exp + leeway {
-            return Err(Expired);
+            return Err(Expired.into());
         }
         let mut from = f64::MIN;
         for name in ["nbf", "iat"] {
             if let Some(t) = numeric_date(&claims, name)? {
                 if t > now + leeway {
-                    return Err(NotYetValid);
+                    return Err(NotYetValid.into());
                 }
                 from = from.max(t - leeway);
             }

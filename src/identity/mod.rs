@@ -79,6 +79,41 @@ pub enum Identity {
         /// Why it failed, in a bounded vocabulary.
         reason: InvalidReason,
     },
+    /// A credential was presented but could not be checked, through no
+    /// fault of the client's (keys not loaded yet, the application down, a
+    /// session it no longer knows). No trust, and no count against it.
+    Unverified {
+        /// The credential that could not be checked.
+        source: Source,
+        /// Why.
+        reason: UnverifiedReason,
+    },
+}
+
+/// Why a presented credential could not be checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnverifiedReason {
+    /// What would check it is unavailable (JWKS not fetched yet, session
+    /// introspection down or slow).
+    Unavailable,
+    /// The application does not know it (an expired or logged-out session).
+    Unrecognized,
+}
+
+impl UnverifiedReason {
+    /// Every reason, in a fixed order.
+    pub const ALL: [UnverifiedReason; 2] = [
+        UnverifiedReason::Unavailable,
+        UnverifiedReason::Unrecognized,
+    ];
+
+    /// The `result` label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UnverifiedReason::Unavailable => "unavailable",
+            UnverifiedReason::Unrecognized => "unrecognized",
+        }
+    }
 }
 
 /// The plan of a verified account.
@@ -144,7 +179,9 @@ impl Identity {
     /// The class this identity earns on its own, before any rule speaks.
     pub fn class(&self) -> Class {
         match self {
-            Identity::Anonymous | Identity::Invalid { .. } => Class::PublicVisitor,
+            Identity::Anonymous | Identity::Invalid { .. } | Identity::Unverified { .. } => {
+                Class::PublicVisitor
+            }
             Identity::User {
                 tier: Tier::Free, ..
             } => Class::RegisteredUser,
@@ -160,7 +197,7 @@ impl Identity {
         match self {
             Identity::User { subject, .. } => Some(subject),
             Identity::Service { client_id, .. } => Some(client_id),
-            Identity::Anonymous | Identity::Invalid { .. } => None,
+            Identity::Anonymous | Identity::Invalid { .. } | Identity::Unverified { .. } => None,
         }
     }
 
@@ -170,7 +207,8 @@ impl Identity {
             Identity::Anonymous => None,
             Identity::User { source, .. }
             | Identity::Service { source, .. }
-            | Identity::Invalid { source, .. } => Some(*source),
+            | Identity::Invalid { source, .. }
+            | Identity::Unverified { source, .. } => Some(*source),
         }
     }
 }
@@ -301,7 +339,18 @@ impl IdentityStage {
     ) -> Option<Identity> {
         let resolver = self.session.as_ref()?;
         let api_key_header = self.api_keys.as_ref().map(|a| &a.header);
-        let other_credential = headers.contains_key(AUTHORIZATION)
+        // Only credentials usher reads come first: a `Basic` header, say,
+        // leaves the session to decide.
+        let bearer_read = !self.jwt.is_empty()
+            || self
+                .api_keys
+                .as_ref()
+                .is_some_and(|a| a.bearer_prefix.is_some());
+        let has_bearer = headers
+            .get_all(AUTHORIZATION)
+            .iter()
+            .any(|v| bearer_token(v).is_some());
+        let other_credential = (bearer_read && has_bearer)
             || api_key_header.is_some_and(|h| headers.contains_key(h))
             || self
                 .jwt_cookies
@@ -411,30 +460,28 @@ fn bearer_token(value: &http::HeaderValue) -> Option<&str> {
 }
 
 /// The value of cookie `name`, with at most one pair of quotes removed;
-/// `Err` when the cookie is sent more than once.
+/// `Err` when the cookie is sent more than once, or when it (or a `Cookie`
+/// header usher cannot read as text) might hide another copy.
 pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Ambiguous> {
     let mut found = None;
-    let pairs = headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'));
-    for pair in pairs {
-        let Some((k, v)) = pair.split_once('=') else {
-            continue;
-        };
-        if k.trim() != name {
-            continue;
+    for value in headers.get_all(COOKIE) {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
+                continue;
+            };
+            if pair[..eq].trim_ascii() != name.as_bytes() {
+                continue;
+            }
+            if found.is_some() {
+                return Err(Ambiguous);
+            }
+            let v = std::str::from_utf8(pair[eq + 1..].trim_ascii()).map_err(|_| Ambiguous)?;
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            found = Some(v);
         }
-        if found.is_some() {
-            return Err(Ambiguous);
-        }
-        let v = v.trim();
-        let v = v
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .unwrap_or(v);
-        found = Some(v);
     }
     Ok(found.filter(|v| !v.is_empty()))
 }

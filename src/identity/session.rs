@@ -8,23 +8,28 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::identity::api_keys::sha256;
+use crate::state::BoundedMap;
 use bytes::Bytes;
-use dashmap::DashMap;
 use http::header::{ACCEPT, COOKIE};
 use http::{HeaderValue, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use prometheus::{Histogram, IntCounter};
 use serde_json::{Map, Value};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, Semaphore};
 
 use super::jwt::{claim_matches, prefixed};
 use super::remote::{HttpsClient, https_client};
 use super::strict_json::parse_object;
-use super::{Identity, InvalidReason, Source, Tier};
+use super::{Identity, Source, Tier, UnverifiedReason};
 use crate::config::identity::SessionConfig;
 
 /// Session ids longer than this are refused without a lookup.
-pub const MAX_SESSION_ID: usize = 4096;
+pub const MAX_SESSION_ID: usize = 1024;
+
+/// Introspection calls in flight at most; past it, lookups answer
+/// "unavailable" at once instead of piling connections on the application.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// The largest introspection answer read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -71,12 +76,14 @@ pub struct SessionResolver {
     timeout: Duration,
     cache_ttl: Duration,
     negative_ttl: Duration,
-    capacity: usize,
     subject_field: String,
     subject_prefix: String,
     active_field: Option<String>,
     paying: Vec<crate::config::identity::ClaimMatch>,
-    slots: DashMap<Box<str>, Arc<Slot>>,
+    /// Keyed by the SHA-256 of the session id: fixed size per entry
+    /// whatever the cookie holds.
+    slots: BoundedMap<[u8; 32], Arc<Slot>>,
+    in_flight: Semaphore,
     client: HttpsClient,
 }
 
@@ -89,12 +96,13 @@ impl SessionResolver {
             timeout: config.timeout,
             cache_ttl: config.cache_ttl,
             negative_ttl: config.negative_ttl,
-            capacity: config.capacity.max(1),
+
             subject_field: config.subject_field.clone(),
             subject_prefix: config.subject_prefix.clone(),
             active_field: config.active_field.clone(),
             paying: config.paying.clone(),
-            slots: DashMap::new(),
+            slots: BoundedMap::new(config.capacity.max(1)),
+            in_flight: Semaphore::new(MAX_IN_FLIGHT),
             client: https_client(),
         }
     }
@@ -109,64 +117,59 @@ impl SessionResolver {
     pub async fn resolve(&self, session: &str, metrics: &SessionMetrics) -> Lookup {
         if session.is_empty()
             || session.len() > MAX_SESSION_ID
-            || HeaderValue::from_str(session).is_err()
+            || !session.bytes().all(is_cookie_octet)
         {
             return Lookup::Unknown;
         }
-        for _ in 0..2 {
-            let slot = self.slot(session);
-            let mut asked = false;
-            let (lookup, until) = slot
-                .answer
-                .get_or_init(|| {
-                    asked = true;
-                    self.ask(session, metrics)
-                })
-                .await
-                .clone();
-            if Instant::now() < until {
-                if asked {
-                    metrics.cache_misses.inc();
-                } else {
-                    metrics.cache_hits.inc();
+        let key = sha256(session.as_bytes());
+        let lookup = async {
+            for _ in 0..2 {
+                let slot = self.slots.with(
+                    key,
+                    || {
+                        Arc::new(Slot {
+                            answer: OnceCell::new(),
+                        })
+                    },
+                    |s| s.clone(),
+                );
+                let mut asked = false;
+                let (lookup, until) = slot
+                    .answer
+                    .get_or_init(|| {
+                        asked = true;
+                        self.ask(session, metrics)
+                    })
+                    .await
+                    .clone();
+                if Instant::now() < until {
+                    if asked {
+                        metrics.cache_misses.inc();
+                    } else {
+                        metrics.cache_hits.inc();
+                    }
+                    return lookup;
                 }
-                return lookup;
+                // Expired: drop this slot (unless someone already replaced
+                // it) and ask again.
+                self.slots
+                    .remove_if(&key, |current| Arc::ptr_eq(current, &slot));
             }
-            // Expired: drop this slot (unless someone already replaced it)
-            // and ask again.
-            self.slots
-                .remove_if(session, |_, current| Arc::ptr_eq(current, &slot));
-        }
-        Lookup::Unavailable
-    }
-
-    /// The slot for a session, made if missing; the map is never borrowed
-    /// across an await.
-    fn slot(&self, session: &str) -> Arc<Slot> {
-        if let Some(slot) = self.slots.get(session) {
-            return slot.clone();
-        }
-        if self.slots.len() >= self.capacity {
-            let now = Instant::now();
-            // Keep pending lookups and live answers; if that is still too
-            // many, start over (callers hold their own slots).
-            self.slots
-                .retain(|_, s| s.answer.get().is_none_or(|(_, until)| *until > now));
-            if self.slots.len() >= self.capacity {
-                self.slots.clear();
-            }
-        }
-        self.slots
-            .entry(Box::from(session))
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    answer: OnceCell::new(),
-                })
-            })
-            .clone()
+            Lookup::Unavailable
+        };
+        // Each caller's own deadline: joining a lookup another request
+        // started (or restarted, if that request went away) never waits
+        // longer than the timeout either.
+        tokio::time::timeout(self.timeout, lookup)
+            .await
+            .unwrap_or(Lookup::Unavailable)
     }
 
     async fn ask(&self, session: &str, metrics: &SessionMetrics) -> (Lookup, Instant) {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            metrics.unavailable.inc();
+            return (Lookup::Unavailable, Instant::now() + UNAVAILABLE_TTL);
+        };
         let started = Instant::now();
         let lookup = match tokio::time::timeout(self.timeout, self.introspect(session)).await {
             Ok(Ok(lookup)) => lookup,
@@ -247,16 +250,25 @@ impl SessionResolver {
     }
 }
 
+/// RFC 6265 cookie-octet: printable ASCII except space, `"`, `,`, `;` and
+/// `\`. Anything else could smuggle a second cookie into the call.
+fn is_cookie_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
 impl Lookup {
     /// The identity a lookup gives a request.
     pub fn identity(self) -> Identity {
         match self {
             Lookup::Known(identity) => identity,
-            Lookup::Unknown => Identity::Invalid {
+            Lookup::Unknown => Identity::Unverified {
                 source: Source::Session,
-                reason: InvalidReason::UnknownKey,
+                reason: UnverifiedReason::Unrecognized,
             },
-            Lookup::Unavailable => Identity::Anonymous,
+            Lookup::Unavailable => Identity::Unverified {
+                source: Source::Session,
+                reason: UnverifiedReason::Unavailable,
+            },
         }
     }
 }

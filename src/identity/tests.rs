@@ -849,3 +849,30 @@ fn every_algorithm_rejects_the_usual_forgeries() {
         );
     }
 }
+
+#[test]
+fn unreadable_cookie_headers_cannot_hide_a_second_copy() {
+    let mut headers = http::HeaderMap::new();
+    headers.append("cookie", http::HeaderValue::from_static("sid=mine"));
+    headers.append(
+        "cookie",
+        http::HeaderValue::from_bytes(b"sid=other\xff; x=1").unwrap(),
+    );
+    assert_eq!(cookie(&headers, "sid"), Err(Ambiguous));
+    let mut headers = http::HeaderMap::new();
+    headers.append(
+        "cookie",
+        http::HeaderValue::from_bytes(b"x=\xff; sid=mine").unwrap(),
+    );
+    assert_eq!(
+        cookie(&headers, "sid"),
+        Ok(Some("mine")),
+        "other cookies' bytes do not matter"
+    );
+    headers.append("cookie", http::HeaderValue::from_static("sidx=1; s=2"));
+    assert_eq!(
+        cookie(&headers, "sid"),
+        Ok(Some("mine")),
+        "names match exactly"
+    );
+}

@@ -114,12 +114,14 @@ impl Proxy {
         // Classify.
         let peer_ip = peer.ip().to_canonical();
         let client_ip = settings.trusted.client_ip(peer_ip, &parts.headers);
-        let now = SystemTime::now();
         let session = settings
             .classifier
             .identity()
             .session(&parts.headers, &self.metrics.sessions)
             .await;
+        // The request's time is taken after any wait, so it never lags
+        // behind requests that started later.
+        let now = SystemTime::now();
         let clock = Instant::now();
         let mut facts = Facts::new(&parts, peer_ip, client_ip, now);
         facts.session = session;
