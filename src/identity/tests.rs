@@ -122,14 +122,23 @@ fn check(stage: &IdentityStage, token: &str) -> Identity {
 }
 
 fn check_at(stage: &IdentityStage, token: &str, now: u64) -> Identity {
-    let (parts, ()) = http::Request::builder()
-        .header("authorization", format!("Bearer {token}"))
-        .body(())
-        .unwrap()
-        .into_parts();
+    identify_with(stage, &[("authorization", format!("Bearer {token}"))], now)
+}
+
+/// Identify a request carrying `headers` (repeats allowed) at `now`.
+fn identify_with(stage: &IdentityStage, headers: &[(&str, String)], now: u64) -> Identity {
+    let mut request = http::Request::builder();
+    for (name, value) in headers {
+        request = request.header(*name, value.as_str());
+    }
+    let (parts, ()) = request.body(()).unwrap().into_parts();
     let ip = "192.0.2.1".parse().unwrap();
-    let at = UNIX_EPOCH + Duration::from_secs(now);
-    stage.identify(&Facts::new(&parts, ip, ip, at))
+    stage.identify(&Facts::new(
+        &parts,
+        ip,
+        ip,
+        UNIX_EPOCH + Duration::from_secs(now),
+    ))
 }
 
 fn invalid(reason: InvalidReason) -> Identity {
@@ -502,20 +511,7 @@ jwks_file = "jwks.json"
 fn tokens_are_read_only_from_configured_places() {
     let stage = all_issuers();
     let token = mint(Algorithm::RS256, &claims(Algorithm::RS256));
-    let read = |name: &str, value: String| {
-        let (parts, ()) = http::Request::builder()
-            .header(name, value)
-            .body(())
-            .unwrap()
-            .into_parts();
-        let ip = "192.0.2.1".parse().unwrap();
-        stage.identify(&Facts::new(
-            &parts,
-            ip,
-            ip,
-            UNIX_EPOCH + Duration::from_secs(NOW),
-        ))
-    };
+    let read = |name: &str, value: String| identify_with(&stage, &[(name, value)], NOW);
     assert!(matches!(
         read("cookie", format!("a=b; access_token={token}")),
         Identity::User { .. }
@@ -620,19 +616,14 @@ fn cached_tokens_still_expire() {
 fn two_authorization_headers_are_ambiguous() {
     let stage = all_issuers();
     let token = mint(Algorithm::RS256, &claims(Algorithm::RS256));
-    let (parts, ()) = http::Request::builder()
-        .header("authorization", format!("Bearer {token}"))
-        .header("authorization", "Bearer something-else")
-        .body(())
-        .unwrap()
-        .into_parts();
-    let ip = "192.0.2.1".parse().unwrap();
-    let identity = stage.identify(&Facts::new(
-        &parts,
-        ip,
-        ip,
-        UNIX_EPOCH + Duration::from_secs(NOW),
-    ));
+    let identity = identify_with(
+        &stage,
+        &[
+            ("authorization", format!("Bearer {token}")),
+            ("authorization", "Bearer something-else".to_owned()),
+        ],
+        NOW,
+    );
     assert_eq!(identity, invalid(InvalidReason::Malformed));
 }
 
@@ -710,28 +701,12 @@ cookie = "app_session"
     let mut c = claims(Algorithm::HS256);
     c["iss"] = json!("https://app.example/");
     let token = mint(Algorithm::HS256, &c);
-    let (parts, ()) = http::Request::builder()
-        .header("cookie", format!("app_session={token}"))
-        .body(())
-        .unwrap()
-        .into_parts();
-    let ip = "192.0.2.1".parse().unwrap();
-    let at = UNIX_EPOCH + Duration::from_secs(NOW);
-    assert!(matches!(
-        stage.identify(&Facts::new(&parts, ip, ip, at)),
-        Identity::User { .. }
-    ));
+    let with_cookie =
+        |value: &str| identify_with(&stage, &[("cookie", format!("app_session={value}"))], NOW);
+    assert!(matches!(with_cookie(&token), Identity::User { .. }));
     let last = if token.ends_with('x') { 'y' } else { 'x' };
     let forged = format!("{}{last}", &token[..token.len() - 1]);
-    let (parts, ()) = http::Request::builder()
-        .header("cookie", format!("app_session={forged}"))
-        .body(())
-        .unwrap()
-        .into_parts();
-    assert!(matches!(
-        stage.identify(&Facts::new(&parts, ip, ip, at)),
-        Identity::Invalid { .. }
-    ));
+    assert!(matches!(with_cookie(&forged), Identity::Invalid { .. }));
 }
 
 #[test]
