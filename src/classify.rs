@@ -75,7 +75,7 @@ impl Classifier {
         let identity = self.identity.identify(facts);
         let signals = self.signals.observe(facts, &identity);
         let mut outcome = self.rules.evaluate(facts, &identity, &signals);
-        let mut verdict = decide(&identity, &mut outcome, self.rules.bot_threshold());
+        let mut verdict = decide(&identity, &mut outcome, &self.rules);
         if matches!(identity, Identity::Invalid { .. })
             && self.identity.on_invalid() == OnInvalid::Deny
         {
@@ -92,17 +92,18 @@ impl Classifier {
 
 /// An explicit class from a rule wins; otherwise a score at or over the
 /// threshold makes `malicious_bot`; otherwise the identity decides.
-fn decide(identity: &Identity, outcome: &mut Outcome, bot_threshold: i32) -> Verdict {
+/// The action is the first rule's that chose one, else the class's.
+fn decide(identity: &Identity, outcome: &mut Outcome, rules: &RuleSet) -> Verdict {
     let class = match outcome.class {
         Some(class) => class,
-        None if outcome.score >= bot_threshold => Class::MaliciousBot,
+        None if outcome.score >= rules.bot_threshold() => Class::MaliciousBot,
         None => identity.class(),
     };
     Verdict {
         class,
         score: outcome.score,
         reasons: std::mem::take(&mut outcome.reasons),
-        action: outcome.action.unwrap_or(Action::Forward),
+        action: outcome.action.unwrap_or_else(|| rules.class_action(class)),
         subject: identity.subject().cloned(),
     }
 }
@@ -159,7 +160,7 @@ mod tests {
                 ),
                 rule(
                     "admin-probe",
-                    Condition::PathPrefix("/admin".into()),
+                    Condition::PathPrefix(vec!["/admin".into()]),
                     Effect {
                         score: 50,
                         action: Some(Action::Deny),
@@ -169,7 +170,7 @@ mod tests {
                 ),
                 rule(
                     "partner",
-                    Condition::PathPrefix("/partner".into()),
+                    Condition::PathPrefix(vec!["/partner".into()]),
                     Effect {
                         class: Some(Class::ServiceClient),
                         ..Effect::default()

@@ -52,7 +52,7 @@ async fn rule_verdicts_reach_upstream_client_and_metrics() {
         vec![
             rule(
                 "env-probe",
-                Condition::PathPrefix("/.env".into()),
+                Condition::PathPrefix(vec!["/.env".into()]),
                 Effect {
                     score: 100,
                     action: Some(Action::Deny),
@@ -62,7 +62,7 @@ async fn rule_verdicts_reach_upstream_client_and_metrics() {
             ),
             rule(
                 "partner-header",
-                Condition::HeaderPresent(HeaderName::from_static("x-partner")),
+                Condition::HeaderPresent(vec![HeaderName::from_static("x-partner")]),
                 Effect {
                     class: Some(Class::ServiceClient),
                     score: 5,

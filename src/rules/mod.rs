@@ -1,9 +1,14 @@
 //! Rules stage: the operator's ordered rules, each a condition over facts,
 //! identity and signals with effects on score, class and action.
 
+pub mod condition;
+pub mod file;
+pub mod path;
+
 use std::sync::Arc;
 
-use http::HeaderName;
+pub use condition::Condition;
+use condition::Input;
 
 use crate::facts::Facts;
 use crate::identity::Identity;
@@ -20,30 +25,6 @@ pub enum Mode {
     Shadow,
 }
 
-/// What a rule looks at.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Condition {
-    /// Every request.
-    Always,
-    /// The path starts with this prefix.
-    PathPrefix(String),
-    /// The request carries this header.
-    HeaderPresent(HeaderName),
-    /// The request has no usable `User-Agent`.
-    UserAgentMissing,
-}
-
-impl Condition {
-    fn matches(&self, facts: &Facts<'_>, _identity: &Identity, signals: &Signals) -> bool {
-        match self {
-            Condition::Always => true,
-            Condition::PathPrefix(prefix) => facts.path.starts_with(prefix.as_str()),
-            Condition::HeaderPresent(name) => facts.headers.contains_key(name),
-            Condition::UserAgentMissing => signals.user_agent_missing,
-        }
-    }
-}
-
 /// What a matching rule does.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Effect {
@@ -56,7 +37,7 @@ pub struct Effect {
 }
 
 /// One named rule.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Rule {
     /// The name reported in `x-usher-reasons`, logs and metrics.
     pub name: Arc<str>,
@@ -83,11 +64,13 @@ pub struct Outcome {
     pub shadow: Vec<Arc<str>>,
 }
 
-/// The ordered rules and the score at which a request becomes a bot.
+/// The ordered rules, the score at which a request becomes a bot, and the
+/// action each class gets when no rule chooses one.
 #[derive(Clone, Debug)]
 pub struct RuleSet {
     rules: Vec<Rule>,
     bot_threshold: i32,
+    class_actions: [Action; Class::ALL.len()],
 }
 
 impl Default for RuleSet {
@@ -105,7 +88,19 @@ impl RuleSet {
         RuleSet {
             rules,
             bot_threshold,
+            class_actions: [Action::Forward; Class::ALL.len()],
         }
+    }
+
+    /// Set the action a class gets when no rule chooses one.
+    pub fn with_class_action(mut self, class: Class, action: Action) -> Self {
+        self.class_actions[class.index()] = action;
+        self
+    }
+
+    /// The action a class gets when no rule chooses one.
+    pub fn class_action(&self, class: Class) -> Action {
+        self.class_actions[class.index()]
     }
 
     /// The score at or over which a request is `malicious_bot`.
@@ -121,8 +116,18 @@ impl RuleSet {
     /// Evaluate every rule against one request.
     pub fn evaluate(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) -> Outcome {
         let mut out = Outcome::default();
+        if self.rules.is_empty() {
+            return out;
+        }
+        let path = path::normalize(facts.path);
+        let input = Input {
+            facts,
+            identity,
+            signals,
+            path: &path,
+        };
         for rule in &self.rules {
-            if !rule.when.matches(facts, identity, signals) {
+            if !rule.when.matches(&input) {
                 continue;
             }
             if rule.mode == Mode::Shadow {

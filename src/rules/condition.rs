@@ -1,0 +1,219 @@
+//! Conditions: what a rule looks at. Compiled once at load (regexes into
+//! `RegexSet`s, literal lists into Aho-Corasick automata); evaluated per
+//! request without allocating.
+
+use aho_corasick::AhoCorasick;
+use http::{HeaderName, Method};
+use regex::{Regex, RegexSet};
+
+use crate::facts::Facts;
+use crate::forwarded::Cidr;
+use crate::identity::Identity;
+use crate::signals::Signals;
+use crate::verdict::Class;
+
+/// The kind of identity a request has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// No credential.
+    Anonymous,
+    /// A verified account.
+    User,
+    /// A verified machine client.
+    Service,
+    /// A credential that failed verification.
+    Invalid,
+    /// A credential that could not be checked.
+    Unverified,
+}
+
+impl IdentityKind {
+    /// The kind of an identity.
+    pub fn of(identity: &Identity) -> Self {
+        match identity {
+            Identity::Anonymous => IdentityKind::Anonymous,
+            Identity::User { .. } => IdentityKind::User,
+            Identity::Service { .. } => IdentityKind::Service,
+            Identity::Invalid { .. } => IdentityKind::Invalid,
+            Identity::Unverified { .. } => IdentityKind::Unverified,
+        }
+    }
+
+    /// Parse a kind's name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "anonymous" => IdentityKind::Anonymous,
+            "user" => IdentityKind::User,
+            "service" => IdentityKind::Service,
+            "invalid" => IdentityKind::Invalid,
+            "unverified" => IdentityKind::Unverified,
+            _ => return None,
+        })
+    }
+}
+
+/// A numeric signal a rule can compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalName {
+    /// Failed credentials from the client in the last five minutes.
+    AuthFailures5m,
+}
+
+impl SignalName {
+    /// Parse a signal's name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auth_failures_5m" => Some(SignalName::AuthFailures5m),
+            _ => None,
+        }
+    }
+
+    /// The names rules may use.
+    pub const NAMES: &'static [&'static str] = &["auth_failures_5m"];
+
+    fn value(self, signals: &Signals) -> f64 {
+        match self {
+            SignalName::AuthFailures5m => f64::from(signals.auth_failures_5m),
+        }
+    }
+}
+
+/// A comparison of a signal with a number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Comparison {
+    /// `>`
+    Gt(f64),
+    /// `>=`
+    Ge(f64),
+    /// `<`
+    Lt(f64),
+    /// `<=`
+    Le(f64),
+}
+
+impl Comparison {
+    fn holds(self, v: f64) -> bool {
+        match self {
+            Comparison::Gt(x) => v > x,
+            Comparison::Ge(x) => v >= x,
+            Comparison::Lt(x) => v < x,
+            Comparison::Le(x) => v <= x,
+        }
+    }
+}
+
+/// What a rule looks at.
+#[derive(Clone, Debug)]
+pub enum Condition {
+    /// Every request.
+    Always,
+    /// Every one of these.
+    All(Vec<Condition>),
+    /// At least one of these.
+    Any(Vec<Condition>),
+    /// Not this.
+    Not(Box<Condition>),
+    /// The method is one of these.
+    Method(Vec<Method>),
+    /// The normalised path starts with one of these.
+    PathPrefix(Vec<String>),
+    /// The normalised path matches one of these regexes.
+    Path(RegexSet),
+    /// The raw query string matches one of these regexes.
+    Query(RegexSet),
+    /// The host (without port, lower case) is one of these.
+    Host(Vec<String>),
+    /// Every one of these headers is present.
+    HeaderPresent(Vec<HeaderName>),
+    /// None of these headers is present.
+    HeaderAbsent(Vec<HeaderName>),
+    /// A header is present and its value (as text) matches.
+    Header(HeaderName, Regex),
+    /// The user agent matches one of these regexes.
+    UserAgent(RegexSet),
+    /// The user agent contains one of these strings (ASCII case-insensitive).
+    UserAgentContains(AhoCorasick),
+    /// The request has no usable `User-Agent`.
+    UserAgentMissing,
+    /// The client address is in one of these networks.
+    Ip(Vec<Cidr>),
+    /// The identity is of one of these kinds.
+    Identity(Vec<IdentityKind>),
+    /// The identity alone earns one of these classes.
+    IdentityClass(Vec<Class>),
+    /// A signal compares so.
+    Signal(SignalName, Comparison),
+}
+
+/// Everything a condition may look at.
+#[derive(Debug)]
+pub struct Input<'a, 'f> {
+    /// The request.
+    pub facts: &'a Facts<'f>,
+    /// Its identity.
+    pub identity: &'a Identity,
+    /// Its signals.
+    pub signals: &'a Signals,
+    /// Its normalised path.
+    pub path: &'a str,
+}
+
+impl Condition {
+    /// Whether the condition holds for a request.
+    pub fn matches(&self, input: &Input<'_, '_>) -> bool {
+        let facts = input.facts;
+        match self {
+            Condition::Always => true,
+            Condition::All(all) => all.iter().all(|c| c.matches(input)),
+            Condition::Any(any) => any.iter().any(|c| c.matches(input)),
+            Condition::Not(c) => !c.matches(input),
+            Condition::Method(methods) => methods.contains(facts.method),
+            Condition::PathPrefix(prefixes) => {
+                prefixes.iter().any(|p| input.path.starts_with(p.as_str()))
+            }
+            Condition::Path(set) => set.is_match(input.path),
+            Condition::Query(set) => facts.query.is_some_and(|q| set.is_match(q)),
+            Condition::Host(hosts) => facts.host.is_some_and(|h| {
+                let name = host_name(h);
+                hosts.iter().any(|x| x.eq_ignore_ascii_case(name))
+            }),
+            Condition::HeaderPresent(names) => names.iter().all(|n| facts.headers.contains_key(n)),
+            Condition::HeaderAbsent(names) => !names.iter().any(|n| facts.headers.contains_key(n)),
+            Condition::Header(name, regex) => facts
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| regex.is_match(v)),
+            Condition::UserAgent(set) => facts.user_agent.is_some_and(|ua| set.is_match(ua)),
+            Condition::UserAgentContains(ac) => facts.user_agent.is_some_and(|ua| ac.is_match(ua)),
+            Condition::UserAgentMissing => input.signals.user_agent_missing,
+            Condition::Ip(nets) => nets.iter().any(|n| n.contains(&facts.client_ip)),
+            Condition::Identity(kinds) => kinds.contains(&IdentityKind::of(input.identity)),
+            Condition::IdentityClass(classes) => classes.contains(&input.identity.class()),
+            Condition::Signal(name, cmp) => cmp.holds(name.value(input.signals)),
+        }
+    }
+}
+
+/// The host without a port (`[v6]` brackets kept).
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+    }
+    host.split_once(':').map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_drop_ports() {
+        assert_eq!(host_name("example.com:8080"), "example.com");
+        assert_eq!(host_name("example.com"), "example.com");
+        assert_eq!(host_name("[::1]:80"), "[::1]");
+    }
+}
