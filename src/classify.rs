@@ -53,10 +53,11 @@ impl Classifier {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
         let state = Arc::new(ClientStore::new(config.state.capacity));
+        let rules = crate::rules::file::load(&config.rules, &config.origin.dir)?;
         Ok(Classifier {
             identity,
             signals: SignalsStage::new(state),
-            rules: RuleSet::default(),
+            rules,
         })
     }
 

@@ -69,7 +69,6 @@ pub struct Config {
     /// Where the per-request access log goes.
     pub access_log: AccessLog,
     /// Rule files (globs, relative to the config file).
-    #[serde(deserialize_with = "rule_globs")]
     pub rules: Vec<String>,
     /// Names of the label headers.
     pub labels: Labels,
@@ -318,6 +317,33 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
         })
 }
 
+/// A value written as one item or a list of them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// `key = "x"`
+    One(T),
+    /// `key = ["x", "y"]`
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    /// The items, as a list.
+    pub fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        }
+    }
+}
+
+/// `deserialize_with` helper: one item or a list, as a list.
+pub fn one_or_many<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<T>, D::Error> {
+    OneOrMany::deserialize(d).map(OneOrMany::into_vec)
+}
+
 /// Turn a TOML error into `file:line:column: key: message`.
 fn invalid(text: &str, file: &str, key: String, err: &toml::de::Error) -> ConfigError {
     let (line, column) = err
@@ -389,16 +415,6 @@ fn label_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         )));
     }
     Ok(s)
-}
-
-fn rule_globs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let globs = Vec::<String>::deserialize(d)?;
-    if !globs.is_empty() {
-        return Err(serde::de::Error::custom(
-            "rule files are not supported by this version of usher; leave `rules` empty",
-        ));
-    }
-    Ok(globs)
 }
 
 #[cfg(test)]
@@ -551,7 +567,6 @@ shutdown = "1h"
             ("access_log = \"syslog\"", "access_log", 1),
             ("client_ip_header = \"x-real-ip\"", "client_ip_header", 1),
             ("listen = 8080", "listen", 1),
-            ("rules = [\"rules/*.toml\"]", "rules", 1),
         ] {
             let e = err(text);
             assert!(e.starts_with(&format!("usher.toml:{line}:")), "{text}: {e}");

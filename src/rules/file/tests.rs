@@ -1,0 +1,350 @@
+//! Rule files: every condition on a request that matches and one that
+//! does not, and errors that point at the right line.
+
+use std::time::SystemTime;
+
+use super::*;
+use crate::facts::Facts;
+use crate::identity::{Identity, InvalidReason, Source};
+use crate::signals::Signals;
+
+fn rules_from(text: &str) -> Result<RuleSet, String> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.toml"), text).unwrap();
+    std::fs::write(
+        dir.path().join("bad-ips.txt"),
+        "# scanners\n203.0.113.0/24\n198.51.100.7 # one host\n",
+    )
+    .unwrap();
+    load(&["r.toml".to_owned()], dir.path()).map_err(|e| {
+        e.to_string()
+            .replace(&dir.path().join("r.toml").display().to_string(), "r.toml")
+    })
+}
+
+struct Req {
+    method: &'static str,
+    uri: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    ip: &'static str,
+    identity: Identity,
+    signals: Signals,
+}
+
+fn req(uri: &'static str) -> Req {
+    Req {
+        method: "GET",
+        uri,
+        headers: vec![(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0",
+        )],
+        ip: "192.0.2.10",
+        identity: Identity::Anonymous,
+        signals: Signals::default(),
+    }
+}
+
+impl Req {
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value));
+        self
+    }
+    fn method(mut self, m: &'static str) -> Self {
+        self.method = m;
+        self
+    }
+    fn ip(mut self, ip: &'static str) -> Self {
+        self.ip = ip;
+        self
+    }
+    fn identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
+    }
+    fn no_user_agent(mut self) -> Self {
+        self.headers.retain(|(n, _)| *n != "user-agent");
+        self.signals.user_agent_missing = true;
+        self
+    }
+    fn auth_failures(mut self, n: u32) -> Self {
+        self.signals.auth_failures_5m = n;
+        self
+    }
+    /// Names of the enforced rules that matched.
+    fn against(&self, rules: &RuleSet) -> Vec<String> {
+        let mut b = http::Request::builder().method(self.method).uri(self.uri);
+        for (n, v) in &self.headers {
+            b = b.header(*n, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let ip = self.ip.parse().unwrap();
+        let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+        rules
+            .evaluate(&facts, &self.identity, &self.signals)
+            .reasons
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    }
+}
+
+fn matches(rule_when: &str, yes: Req, no: Req) {
+    let rules = rules_from(&format!("[[rule]]\nname = \"r\"\nscore = 1\n{rule_when}\n"))
+        .unwrap_or_else(|e| panic!("{rule_when}: {e}"));
+    assert_eq!(yes.against(&rules), ["r"], "should match: {rule_when}");
+    assert!(
+        no.against(&rules).is_empty(),
+        "should not match: {rule_when}"
+    );
+}
+
+#[test]
+fn each_condition_matches_and_misses() {
+    matches(
+        "when.method = [\"POST\", \"PUT\"]",
+        req("/").method("POST"),
+        req("/"),
+    );
+    matches(
+        "when.path = \"^/wp-(admin|login)\"",
+        req("/wp-login.php"),
+        req("/blog/wp-login"),
+    );
+    matches(
+        "when.path_prefix = \"/.git/\"",
+        req("/.git/config"),
+        req("/git/config"),
+    );
+    matches(
+        "when.query = \"(?i)union[+ ]+select\"",
+        req("/?q=1+UNION+select"),
+        req("/?q=union"),
+    );
+    matches(
+        "when.host = \"Admin.Example\"",
+        req("/").header("host", "admin.example:8443"),
+        req("/").header("host", "www.example"),
+    );
+    matches(
+        "when.header_present = [\"x-a\", \"x-b\"]",
+        req("/").header("x-a", "1").header("x-b", "2"),
+        req("/").header("x-a", "1"),
+    );
+    matches(
+        "when.header_absent = \"accept-language\"",
+        req("/"),
+        req("/").header("accept-language", "en"),
+    );
+    matches(
+        "when.header = { name = \"accept\", matches = \"^\\\\*/\\\\*$\" }",
+        req("/").header("accept", "*/*"),
+        req("/").header("accept", "text/html"),
+    );
+    matches(
+        "when.user_agent = [\"(?i)sqlmap\", \"(?i)nikto\"]",
+        req("/").header("user-agent", "sqlmap/1.7"),
+        req("/"),
+    );
+    matches(
+        "when.user_agent_contains = [\"python-requests\", \"curl/\"]",
+        req("/").header("user-agent", "Python-Requests/2.31"),
+        req("/"),
+    );
+    matches(
+        "when.user_agent_missing = true",
+        req("/").no_user_agent(),
+        req("/"),
+    );
+    matches(
+        "when.ip = [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+        req("/").ip("2001:db8::1"),
+        req("/"),
+    );
+    matches(
+        "when.ip_file = \"bad-ips.txt\"",
+        req("/").ip("203.0.113.77"),
+        req("/").ip("198.51.100.8"),
+    );
+    let invalid = Identity::Invalid {
+        source: Source::Jwt,
+        reason: InvalidReason::Expired,
+    };
+    matches(
+        "when.identity = \"invalid\"",
+        req("/").identity(invalid.clone()),
+        req("/"),
+    );
+    matches(
+        "when.class = \"public_visitor\"",
+        req("/"),
+        req("/").identity(Identity::Service {
+            source: Source::ApiKey,
+            client_id: "c".into(),
+        }),
+    );
+    matches(
+        "when.signal = { name = \"auth_failures_5m\", ge = 5 }",
+        req("/").auth_failures(5),
+        req("/").auth_failures(4),
+    );
+    matches(
+        "when.all = [{ path_prefix = \"/login\" }, { method = \"POST\" }]",
+        req("/login").method("POST"),
+        req("/login"),
+    );
+    matches(
+        "when.any = [{ path_prefix = \"/a\" }, { path_prefix = \"/b\" }]",
+        req("/b"),
+        req("/c"),
+    );
+    matches(
+        "when.not = { path_prefix = \"/public\" }",
+        req("/private"),
+        req("/public/x"),
+    );
+    matches(
+        "when = { path_prefix = \"/api\", method = \"DELETE\" }",
+        req("/api/x").method("DELETE"),
+        req("/api/x"),
+    );
+}
+
+#[test]
+fn path_tricks_do_not_slip_past_a_path_rule() {
+    let rules =
+        rules_from("[[rule]]\nname = \"env\"\nwhen.path_prefix = \"/.env\"\naction = \"deny\"\n")
+            .unwrap();
+    for tricky in [
+        "/%2e%2e/.env",
+        "//.env",
+        "/./.env",
+        "/a/../.env",
+        "/.env;x=1",
+        "/%2e%65nv",
+    ] {
+        assert_eq!(req(tricky).against(&rules), ["env"], "{tricky}");
+    }
+}
+
+#[test]
+fn thresholds_and_shadow_mode() {
+    let rules = rules_from(
+        r#"
+[thresholds]
+bot = 50
+action.malicious_bot = "deny"
+
+[[rule]]
+name = "trial"
+mode = "shadow"
+score = 1000
+action = "tarpit"
+
+[[rule]]
+name = "no-ua"
+when.user_agent_missing = true
+score = 60
+"#,
+    )
+    .unwrap();
+    assert_eq!(rules.bot_threshold(), 50);
+    assert_eq!(rules.class_action(Class::MaliciousBot), Action::Deny);
+    assert_eq!(rules.class_action(Class::PublicVisitor), Action::Forward);
+    assert!(
+        req("/").against(&rules).is_empty(),
+        "shadow rules change nothing"
+    );
+    assert_eq!(req("/").no_user_agent().against(&rules), ["no-ua"]);
+}
+
+#[test]
+fn errors_point_at_file_line_and_rule() {
+    for (text, want) in [
+        ("[[rule]\nname = \"x\"", "r.toml:1:"),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.path = \"(unclosed\"",
+            "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.nonsense = 1",
+            "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.ip = [\"10.0.0.0/33\"]",
+            "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.user_agent = \".*\"",
+            "r.toml:4:",
+        ),
+        ("[[rule]]\nname = \"x y\"\nscore = 1", "r.toml:2:"),
+        ("[[rule]]\nname = \"x\"\n", "r.toml:2:"),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nmode = \"loud\"",
+            "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.method = \"get\"",
+            "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\n[[rule]]\nname = \"x\"\nscore = 2",
+            "twice",
+        ),
+        ("[[rule]]\nname = \"x\"\nclass = \"robot\"", "r.toml:3:"),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.signal = { name = \"mood\", gt = 1 }",
+            "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.ip_file = \"missing.txt\"",
+            "r.toml:4:",
+        ),
+    ] {
+        let e = rules_from(text)
+            .err()
+            .unwrap_or_else(|| panic!("accepted: {text}"));
+        assert!(e.contains(want), "{text}\n→ {e}");
+    }
+    let e = rules_from("[[rule]]\nname = \"probe\"\nscore = 1\nwhen.path = \"(\"").unwrap_err();
+    assert!(e.contains("rule `probe`"), "{e}");
+}
+
+#[test]
+fn globs_load_files_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("rules");
+    std::fs::create_dir(&sub).unwrap();
+    for (file, name) in [("20-b.toml", "b"), ("10-a.toml", "a"), ("30-c.toml", "c")] {
+        std::fs::write(
+            sub.join(file),
+            format!("[[rule]]\nname = \"{name}\"\nscore = 1\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(sub.join("README.md"), "not a rule file").unwrap();
+    let rules = load(&["rules/*.toml".to_owned()], dir.path()).unwrap();
+    let names: Vec<&str> = rules.rules().iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(
+        load(&["rules/*.yaml".to_owned()], dir.path()).is_err(),
+        "a glob matching nothing"
+    );
+    std::fs::write(sub.join("40-t.toml"), "[thresholds]\nbot = 1\n").unwrap();
+    std::fs::write(sub.join("50-t.toml"), "[thresholds]\nbot = 2\n").unwrap();
+    let e = load(&["rules/*.toml".to_owned()], dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("already set"), "{e}");
+}
+
+#[test]
+fn wildcards() {
+    assert!(wildcard("*.toml", "10-a.toml"));
+    assert!(wildcard("1?-*.toml", "10-a.toml"));
+    assert!(!wildcard("*.toml", "a.toml.bak"));
+    assert!(wildcard("*", ""));
+    assert!(!wildcard("a*b", "ac"));
+}
