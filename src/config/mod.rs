@@ -440,6 +440,10 @@ mod tests {
     fn shipped_usher_toml_documents_the_defaults() {
         let mut shipped = Config::parse(include_str!("../../usher.toml"), "usher.toml").unwrap();
         shipped.origin = Config::default().origin;
+        // The one deliberate difference: the shipped file loads the
+        // shipped rules.
+        assert_eq!(shipped.rules, ["rules/*.toml"]);
+        shipped.rules = Vec::new();
         assert_eq!(format!("{shipped:?}"), format!("{:?}", Config::default()));
     }
 

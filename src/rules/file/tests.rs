@@ -348,3 +348,59 @@ fn wildcards() {
     assert!(wildcard("*", ""));
     assert!(!wildcard("a*b", "ac"));
 }
+
+/// The rules shipped in `rules/`.
+fn shipped() -> RuleSet {
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    load(&["rules/*.toml".to_owned()], base).unwrap()
+}
+
+#[test]
+fn every_shipped_rule_has_a_positive_and_a_negative_example() {
+    let rules = shipped();
+    let browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    let person = || {
+        req("/")
+            .header("user-agent", browser)
+            .header("accept-language", "en-GB,en;q=0.9")
+    };
+    let cases: Vec<(&str, Req, Req)> = vec![
+        ("probe-secrets", req("/%2e%2e/.env").header("accept-language", "en"), req("/environment").header("accept-language", "en")),
+        ("probe-admin-tools", req("/phpMyAdmin/index.php").header("accept-language", "en"), req("/admin/users").header("accept-language", "en")),
+        ("probe-traversal-and-injection", req("/download?file=../../../etc/passwd").header("accept-language", "en"), req("/download?file=report.pdf").header("accept-language", "en")),
+        ("probe-traversal-and-injection", req("/").header("user-agent", "${jndi:ldap://x/a}").header("accept-language", "en"), person()),
+        ("probe-wordpress", req("/wp-login.php").header("accept-language", "en"), req("/blog/post-1").header("accept-language", "en")),
+        ("scanner-tools", req("/").header("user-agent", "sqlmap/1.8.2#stable (https://sqlmap.org)"), person()),
+        ("scanner-tools", req("/").header("user-agent", "Mozilla/5.0 (compatible; Nuclei - Open-source project (github.com/projectdiscovery/nuclei))"), req("/").header("user-agent", "Mozilla/5.0 (compatible; NucleusBrowser)")),
+        ("http-library", req("/").header("user-agent", "python-requests/2.32.3"), req("/").header("user-agent", "python-requests/2.32.3").identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into() })),
+        ("http-library", req("/").header("user-agent", "Go-http-client/1.1"), person()),
+        ("headless-browser", req("/").header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36"), person()),
+        ("no-user-agent", req("/").no_user_agent(), person()),
+        ("browser-without-accept-language", req("/").header("user-agent", browser), person()),
+        ("credential-stuffing", req("/login").auth_failures(12), req("/login").auth_failures(3)),
+    ];
+    let mut covered: Vec<&str> = Vec::new();
+    for (rule, yes, no) in &cases {
+        assert!(
+            yes.against(&rules).iter().any(|r| r == rule),
+            "{rule} should match its positive example: {:?}",
+            yes.against(&rules)
+        );
+        assert!(
+            !no.against(&rules).iter().any(|r| r == rule),
+            "{rule} should not match its negative example"
+        );
+        covered.push(rule);
+    }
+    for rule in rules.rules() {
+        assert!(
+            covered.contains(&&*rule.name),
+            "shipped rule `{}` has no examples here",
+            rule.name
+        );
+    }
+    assert!(
+        person().against(&rules).is_empty(),
+        "a plain browser request matches nothing"
+    );
+}

@@ -1,0 +1,151 @@
+//! End-to-end: the shipped rules through the real binary. What the client
+//! gets, and what the upstream is told.
+
+mod common;
+
+use common::*;
+use http::Request;
+use serde_json::Value;
+
+fn shipped_rules(up: &Upstream) -> String {
+    config(
+        up,
+        &format!("rules = [\"{}/rules/*.toml\"]", env!("CARGO_MANIFEST_DIR")),
+    )
+}
+
+async fn ask(usher: &Usher, path: &str, headers: &[(&str, &str)]) -> (u16, Option<Value>, String) {
+    let mut req = Request::get(usher.url(path));
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let (parts, body) = send(req.body(full("")).unwrap()).await;
+    (
+        parts.status.as_u16(),
+        serde_json::from_slice(&body).ok(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+fn label<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
+    seen["headers"][name].get(0).and_then(Value::as_str)
+}
+
+const BROWSER: [(&str, &str); 2] = [
+    (
+        "user-agent",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15",
+    ),
+    ("accept-language", "fr-FR,fr;q=0.9"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probes_are_refused_without_naming_the_rule() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&shipped_rules(&up));
+    for path in [
+        "/.env",
+        "/%2e%2e/.git/config",
+        "//.aws/credentials",
+        "/phpmyadmin/",
+        "/x?f=../../../etc/passwd",
+    ] {
+        let (status, _, body) = ask(&usher, path, &BROWSER).await;
+        assert_eq!(status, 403, "{path}");
+        assert!(
+            !body.contains("probe"),
+            "the client is not told which rule fired: {body}"
+        );
+    }
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_requests_total{action="deny",class="malicious_bot"}"#
+        ),
+        Some(5.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_learns_class_score_and_reasons() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&shipped_rules(&up));
+
+    let (status, seen, _) = ask(&usher, "/products", &BROWSER).await;
+    assert_eq!(status, 200);
+    let seen = seen.unwrap();
+    assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+    assert_eq!(label(&seen, "x-usher-reasons"), Some(""));
+
+    let (_, seen, _) = ask(
+        &usher,
+        "/",
+        &[("user-agent", "sqlmap/1.8.2#stable (https://sqlmap.org)")],
+    )
+    .await;
+    let seen = seen.unwrap();
+    assert_eq!(label(&seen, "x-usher-class"), Some("malicious_bot"));
+    assert_eq!(label(&seen, "x-usher-reasons"), Some("scanner-tools"));
+
+    let (_, seen, _) = ask(
+        &usher,
+        "/api/items",
+        &[("user-agent", "python-requests/2.32.3")],
+    )
+    .await;
+    let seen = seen.unwrap();
+    assert_eq!(
+        label(&seen, "x-usher-class"),
+        Some("public_visitor"),
+        "automation scores, alone it does not decide"
+    );
+    assert_eq!(label(&seen, "x-usher-score"), Some("60"));
+    assert_eq!(label(&seen, "x-usher-reasons"), Some("http-library"));
+
+    let (_, seen, _) = ask(&usher, "/", &[]).await;
+    let seen = seen.unwrap();
+    assert_eq!(label(&seen, "x-usher-score"), Some("60"));
+    assert_eq!(label(&seen, "x-usher-reasons"), Some("no-user-agent"));
+
+    let log = usher.wait_access_log(4).await;
+    assert_eq!(log[1]["reasons"], serde_json::json!(["scanner-tools"]));
+    assert_eq!(log[1]["class"], "malicious_bot");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credential_stuffing_turns_a_client_into_a_bot() {
+    let up = upstream(echo).await;
+    let secret = "stuffing-test-secret-0123456789abcdefghij";
+    let usher = Usher::start_env(
+        &format!(
+            "{}\n[[identity.jwt]]\nissuer = \"https://auth.example/\"\naudience = \"web\"\nalgorithms = [\"HS256\"]\nsecret_env = \"USHER_STUFFING_SECRET\"\n",
+            shipped_rules(&up)
+        ),
+        &[("USHER_STUFFING_SECRET", secret)],
+    );
+    let mut last = None;
+    for i in 0..12 {
+        let token =
+            format!("eyJhbGciOiJIUzI1NiJ9.eyJpc3MiOiJodHRwczovL2F1dGguZXhhbXBsZS8ifQ.forged{i}");
+        let bearer = format!("Bearer {token}");
+        let (_, seen, _) = ask(
+            &usher,
+            "/login",
+            &[BROWSER[0], BROWSER[1], ("authorization", bearer.as_str())],
+        )
+        .await;
+        last = seen;
+    }
+    let seen = last.unwrap();
+    assert_eq!(label(&seen, "x-usher-class"), Some("malicious_bot"));
+    assert_eq!(label(&seen, "x-usher-reasons"), Some("credential-stuffing"));
+    // The same client stays a bot for the window, credential or not.
+    let (_, seen, _) = ask(&usher, "/", &BROWSER).await;
+    assert_eq!(label(&seen.unwrap(), "x-usher-class"), Some("malicious_bot"));
+}
