@@ -24,6 +24,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Whether the proxy is accepting traffic.
     pub ready: Arc<AtomicBool>,
+    /// The proxy, for figures read at scrape time.
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 /// Serve admin requests until `stop` changes (or its sender is dropped).
@@ -73,6 +75,9 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match path {
         "/metrics" => {
+            let settings = state.proxy.settings();
+            let store = settings.classifier.signals().state();
+            state.metrics.observe_state(store.len(), store.evictions());
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             response.headers_mut().insert(
                 CONTENT_TYPE,

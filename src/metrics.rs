@@ -119,6 +119,12 @@ pub struct Metrics {
     pub jwks: crate::identity::jwks::JwksMetrics,
     /// Session lookups.
     pub sessions: crate::identity::session::SessionMetrics,
+    rule_matches: IntCounterVec,
+    bot_score: Histogram,
+    /// Clients in the client state (set at scrape time).
+    pub tracked_clients: IntGauge,
+    /// Client records evicted to make room (caught up at scrape time).
+    pub state_evictions: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -285,6 +291,34 @@ impl Metrics {
             latency: session_latency,
         };
 
+        let rule_matches = IntCounterVec::new(
+            Opts::new(
+                "usher_rule_matches_total",
+                "Rule matches, by rule name and mode (enforce or shadow).",
+            ),
+            &["rule", "mode"],
+        )?;
+        registry.register(Box::new(rule_matches.clone()))?;
+        let bot_score = Histogram::with_opts(
+            HistogramOpts::new("usher_bot_score", "Bot score of classified requests.").buckets(
+                vec![
+                    0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 150.0, 200.0,
+                    300.0,
+                ],
+            ),
+        )?;
+        registry.register(Box::new(bot_score.clone()))?;
+        let tracked_clients = IntGauge::new(
+            "usher_tracked_clients",
+            "Clients (addresses; IPv6 by /64) in the client state.",
+        )?;
+        registry.register(Box::new(tracked_clients.clone()))?;
+        let state_evictions = IntCounter::new(
+            "usher_state_evictions_total",
+            "Client records forgotten to make room for new clients.",
+        )?;
+        registry.register(Box::new(state_evictions.clone()))?;
+
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "usher_build_info",
@@ -311,6 +345,10 @@ impl Metrics {
             client_aborts,
             jwks,
             sessions,
+            rule_matches,
+            bot_score,
+            tracked_clients,
+            state_evictions,
         })
     }
 
@@ -332,6 +370,31 @@ impl Metrics {
     /// Record how long the upstream took to answer with a head.
     pub fn observe_upstream(&self, took: Duration) {
         self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    /// Count the rules that matched a request, and its score.
+    pub fn count_rules(
+        &self,
+        enforced: &[std::sync::Arc<str>],
+        shadow: &[std::sync::Arc<str>],
+        score: i32,
+    ) {
+        for (names, mode) in [(enforced, "enforce"), (shadow, "shadow")] {
+            for name in names {
+                self.rule_matches.with_label_values(&[name, mode]).inc();
+            }
+        }
+        self.bot_score.observe(f64::from(score));
+    }
+
+    /// Bring the client-state figures up to date (before a scrape).
+    pub fn observe_state(&self, tracked: usize, evictions: u64) {
+        self.tracked_clients
+            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+        let seen = self.state_evictions.get();
+        if evictions > seen {
+            self.state_evictions.inc_by(evictions - seen);
+        }
     }
 
     /// Count the outcome of checking a request's credential, if it had one.

@@ -118,6 +118,7 @@ impl Server {
             AdminState {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
+                proxy: proxy.clone(),
             },
             admin_stopped,
         ));

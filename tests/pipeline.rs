@@ -141,4 +141,19 @@ async fn rule_verdicts_reach_upstream_client_and_metrics() {
         ),
         Some(1.0)
     );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_rule_matches_total{mode="shadow",rule="trial-deny-everything"}"#
+        ),
+        Some(2.0),
+        "shadow rules are counted"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_rule_matches_total{mode="enforce",rule="env-probe"}"#
+        ),
+        Some(1.0)
+    );
 }

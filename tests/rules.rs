@@ -116,6 +116,29 @@ async fn the_upstream_learns_class_score_and_reasons() {
     let log = usher.wait_access_log(4).await;
     assert_eq!(log[1]["reasons"], serde_json::json!(["scanner-tools"]));
     assert_eq!(log[1]["class"], "malicious_bot");
+
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_rule_matches_total{mode="enforce",rule="scanner-tools"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_rule_matches_total{mode="enforce",rule="http-library"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&metrics, "usher_bot_score_count"), Some(4.0));
+    assert_eq!(
+        sample(&metrics, r#"usher_bot_score_bucket{le="0"}"#),
+        Some(1.0)
+    );
+    assert!(sample(&metrics, "usher_tracked_clients").is_some());
+    promtool_check(&metrics);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -147,5 +170,8 @@ async fn credential_stuffing_turns_a_client_into_a_bot() {
     assert_eq!(label(&seen, "x-usher-reasons"), Some("credential-stuffing"));
     // The same client stays a bot for the window, credential or not.
     let (_, seen, _) = ask(&usher, "/", &BROWSER).await;
-    assert_eq!(label(&seen.unwrap(), "x-usher-class"), Some("malicious_bot"));
+    assert_eq!(
+        label(&seen.unwrap(), "x-usher-class"),
+        Some("malicious_bot")
+    );
 }

@@ -128,6 +128,11 @@ impl Proxy {
         let classification = settings.classifier.classify(&facts);
         self.metrics.observe_classify(clock.elapsed());
         self.metrics.count_identity(&classification.identity);
+        self.metrics.count_rules(
+            &classification.verdict.reasons,
+            &classification.outcome.shadow,
+            classification.verdict.score,
+        );
         let verdict = classification.verdict;
         self.metrics.count_request(verdict.class, verdict.action);
         let (class, action) = (verdict.class, verdict.action);
