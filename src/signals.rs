@@ -7,7 +7,9 @@ use std::time::UNIX_EPOCH;
 
 use crate::facts::Facts;
 use crate::identity::Identity;
-use crate::state::{AUTH_FAILURE_WINDOW, ClientKey, ClientStore, client, update_client};
+use crate::state::{
+    AUTH_FAILURE_WINDOW, ClientKey, ClientStore, RATE_WINDOWS, STATUS_WINDOW, update_client,
+};
 
 /// Derived observations about one request, read by the rules.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -17,6 +19,15 @@ pub struct Signals {
     /// Failed credentials from this client in the last five minutes,
     /// this request's included.
     pub auth_failures_5m: u32,
+    /// Requests from this client over 1 s, 10 s, 60 s and 5 min, this one
+    /// included.
+    pub rates: [u32; 4],
+    /// Upstream 4xx answers to this client over 60 s.
+    pub status_4xx_60s: u32,
+    /// Upstream 404 answers to this client over 60 s.
+    pub status_404_60s: u32,
+    /// Upstream answers to this client over 60 s.
+    pub answered_60s: u32,
 }
 
 /// Computes signals, keeping per-client behaviour in `state`.
@@ -44,22 +55,40 @@ impl SignalsStage {
 
     /// Observe one request, recording what it says about its client.
     pub fn observe(&self, facts: &Facts<'_>, identity: &Identity) -> Signals {
-        let now = facts
-            .now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        let now = unix_seconds(facts.now);
         let key = ClientKey::of(facts.client_ip);
-        let auth_failures_5m = if matches!(identity, Identity::Invalid { .. }) {
-            let record = update_client(&self.state, key, |r| {
-                r.auth_failures.add(now, AUTH_FAILURE_WINDOW)
-            });
-            record.auth_failures.count(now, AUTH_FAILURE_WINDOW)
-        } else {
-            client(&self.state, key).map_or(0, |r| r.auth_failures.count(now, AUTH_FAILURE_WINDOW))
-        };
+        let failed = matches!(identity, Identity::Invalid { .. });
+        let record = update_client(&self.state, key, |r| {
+            r.add_request(now);
+            if failed {
+                r.auth_failures.add(now, AUTH_FAILURE_WINDOW);
+            }
+        });
         Signals {
             user_agent_missing: facts.user_agent.is_none_or(str::is_empty),
-            auth_failures_5m,
+            auth_failures_5m: record.auth_failures.count(now, AUTH_FAILURE_WINDOW),
+            rates: std::array::from_fn(|i| record.requests[i].count(now, RATE_WINDOWS[i])),
+            status_4xx_60s: record.status_4xx.count(now, STATUS_WINDOW),
+            status_404_60s: record.status_404.count(now, STATUS_WINDOW),
+            answered_60s: record.answered.count(now, STATUS_WINDOW),
         }
     }
+
+    /// Record what the upstream answered a client, for the status signals.
+    pub fn record_status(
+        &self,
+        client_ip: std::net::IpAddr,
+        now: std::time::SystemTime,
+        status: u16,
+    ) {
+        let now = unix_seconds(now);
+        let key = ClientKey::of(client_ip);
+        update_client(&self.state, key, |r| r.add_status(now, status));
+    }
+}
+
+/// Seconds since the Unix epoch, saturating.
+fn unix_seconds(t: std::time::SystemTime) -> u32 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }

@@ -175,3 +175,50 @@ async fn credential_stuffing_turns_a_client_into_a_bot() {
         Some("malicious_bot")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scraper_turns_bot_within_seconds_while_a_person_does_not() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&format!(
+        "{}\ntrusted_proxies = [\"127.0.0.1\"]\naccess_log = \"off\"",
+        shipped_rules(&up)
+    ));
+    let started = std::time::Instant::now();
+    let mut flipped = None;
+    let mut sent = 0;
+    while started.elapsed() < std::time::Duration::from_secs(15) {
+        let (_, seen, _) = ask(
+            &usher,
+            &format!("/products/{sent}"),
+            &[BROWSER[0], BROWSER[1], ("x-forwarded-for", "198.51.100.66")],
+        )
+        .await;
+        sent += 1;
+        let seen = seen.unwrap();
+        if label(&seen, "x-usher-class") == Some("malicious_bot") {
+            assert_eq!(label(&seen, "x-usher-reasons"), Some("scraping-burst"));
+            flipped = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(33)).await;
+    }
+    let flipped = flipped.expect("a 30 req/s scraper was never labelled malicious_bot");
+    assert!(
+        sent >= 200,
+        "not before 200 requests in ten seconds ({sent})"
+    );
+    eprintln!("scraper labelled malicious_bot after {flipped:?} and {sent} requests");
+
+    for i in 0..3 {
+        let (_, seen, _) = ask(
+            &usher,
+            &format!("/products/{i}"),
+            &[BROWSER[0], BROWSER[1], ("x-forwarded-for", "203.0.113.9")],
+        )
+        .await;
+        assert_eq!(
+            label(&seen.unwrap(), "x-usher-class"),
+            Some("public_visitor")
+        );
+    }
+}

@@ -218,6 +218,10 @@ impl Proxy {
         let took = sent.elapsed();
         self.metrics.observe_upstream(took);
         done.upstream = Some(took);
+        settings
+            .classifier
+            .signals()
+            .record_status(client_ip, now, response.status().as_u16());
 
         // Respond.
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

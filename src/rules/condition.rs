@@ -57,23 +57,68 @@ impl IdentityKind {
 pub enum SignalName {
     /// Failed credentials from the client in the last five minutes.
     AuthFailures5m,
+    /// Requests from the client in the last second.
+    Rate1s,
+    /// … ten seconds.
+    Rate10s,
+    /// … minute.
+    Rate60s,
+    /// … five minutes.
+    Rate5m,
+    /// Upstream 4xx answers to the client in the last minute.
+    Status4xx60s,
+    /// Upstream 404 answers to the client in the last minute.
+    Status40460s,
+    /// The share of the client's upstream answers that were 4xx, last
+    /// minute (0 without answers).
+    Status4xxRatio60s,
 }
 
 impl SignalName {
+    /// The names rules may use, in the order of `ALL`.
+    pub const NAMES: &'static [&'static str] = &[
+        "auth_failures_5m",
+        "rate_1s",
+        "rate_10s",
+        "rate_60s",
+        "rate_5m",
+        "status_4xx_60s",
+        "status_404_60s",
+        "status_4xx_ratio_60s",
+    ];
+
+    const ALL: [SignalName; 8] = [
+        SignalName::AuthFailures5m,
+        SignalName::Rate1s,
+        SignalName::Rate10s,
+        SignalName::Rate60s,
+        SignalName::Rate5m,
+        SignalName::Status4xx60s,
+        SignalName::Status40460s,
+        SignalName::Status4xxRatio60s,
+    ];
+
     /// Parse a signal's name.
     pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "auth_failures_5m" => Some(SignalName::AuthFailures5m),
-            _ => None,
-        }
+        Self::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| Self::ALL[i])
     }
 
-    /// The names rules may use.
-    pub const NAMES: &'static [&'static str] = &["auth_failures_5m"];
-
-    fn value(self, signals: &Signals) -> f64 {
+    fn value(self, s: &Signals) -> f64 {
         match self {
-            SignalName::AuthFailures5m => f64::from(signals.auth_failures_5m),
+            SignalName::AuthFailures5m => f64::from(s.auth_failures_5m),
+            SignalName::Rate1s => f64::from(s.rates[0]),
+            SignalName::Rate10s => f64::from(s.rates[1]),
+            SignalName::Rate60s => f64::from(s.rates[2]),
+            SignalName::Rate5m => f64::from(s.rates[3]),
+            SignalName::Status4xx60s => f64::from(s.status_4xx_60s),
+            SignalName::Status40460s => f64::from(s.status_404_60s),
+            SignalName::Status4xxRatio60s if s.answered_60s == 0 => 0.0,
+            SignalName::Status4xxRatio60s => {
+                f64::from(s.status_4xx_60s) / f64::from(s.answered_60s)
+            }
         }
     }
 }

@@ -74,11 +74,45 @@ impl WindowCounter {
     }
 }
 
-/// What is remembered about one client.
+/// The windows of the request-rate counters, in seconds.
+pub const RATE_WINDOWS: [u32; 4] = [1, 10, 60, 300];
+
+/// The window of the response-status counters, in seconds.
+pub const STATUS_WINDOW: u32 = 60;
+
+/// What is remembered about one client (about 100 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ClientRecord {
+    /// Requests, over 1 s, 10 s, 60 s and 5 min.
+    pub requests: [WindowCounter; 4],
+    /// Upstream answers with a 4xx status, over 60 s.
+    pub status_4xx: WindowCounter,
+    /// Upstream answers with 404, over 60 s.
+    pub status_404: WindowCounter,
+    /// Upstream answers, over 60 s (the denominator of ratios).
+    pub answered: WindowCounter,
     /// Credentials presented that failed verification.
     pub auth_failures: WindowCounter,
+}
+
+impl ClientRecord {
+    /// Count a request at `now`.
+    pub fn add_request(&mut self, now: u32) {
+        for (counter, window) in self.requests.iter_mut().zip(RATE_WINDOWS) {
+            counter.add(now, window);
+        }
+    }
+
+    /// Count an upstream answer at `now`.
+    pub fn add_status(&mut self, now: u32, status: u16) {
+        self.answered.add(now, STATUS_WINDOW);
+        if (400..500).contains(&status) {
+            self.status_4xx.add(now, STATUS_WINDOW);
+        }
+        if status == 404 {
+            self.status_404.add(now, STATUS_WINDOW);
+        }
+    }
 }
 
 /// All clients' records, bounded.

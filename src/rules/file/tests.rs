@@ -72,6 +72,16 @@ impl Req {
         self.signals.auth_failures_5m = n;
         self
     }
+    fn rates(mut self, rates: [u32; 4]) -> Self {
+        self.signals.rates = rates;
+        self
+    }
+    fn statuses(mut self, answered: u32, s4xx: u32, s404: u32) -> Self {
+        self.signals.answered_60s = answered;
+        self.signals.status_4xx_60s = s4xx;
+        self.signals.status_404_60s = s404;
+        self
+    }
     /// Names of the enforced rules that matched.
     fn against(&self, rules: &RuleSet) -> Vec<String> {
         let mut b = http::Request::builder().method(self.method).uri(self.uri);
@@ -378,6 +388,14 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ("no-user-agent", req("/").no_user_agent(), person()),
         ("browser-without-accept-language", req("/").header("user-agent", browser), person()),
         ("credential-stuffing", req("/login").auth_failures(12), req("/login").auth_failures(3)),
+        ("scraping-burst", person().rates([25, 250, 250, 250]), person().rates([30, 120, 400, 900])),
+        (
+            "scraping-burst",
+            person().rates([25, 250, 250, 250]).identity(Identity::User { source: Source::Jwt, subject: "u".into(), tier: crate::identity::Tier::Paying }),
+            person().rates([25, 250, 250, 250]).identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into() }),
+        ),
+        ("scraping-sustained", person().rates([10, 100, 700, 700]), person().rates([10, 100, 500, 2000])),
+        ("path-walker", person().statuses(40, 35, 32), person().statuses(200, 40, 35)),
     ];
     let mut covered: Vec<&str> = Vec::new();
     for (rule, yes, no) in &cases {
