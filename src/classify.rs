@@ -6,6 +6,7 @@ use crate::config::identity::OnInvalid;
 use crate::config::{Config, ConfigError};
 use crate::facts::Facts;
 use crate::identity::{Identity, IdentityStage};
+use crate::limits::Limits;
 use crate::rules::{Outcome, RuleSet};
 use crate::signals::{Signals, SignalsStage};
 use crate::state::ClientStore;
@@ -32,6 +33,7 @@ pub struct Classifier {
     identity: IdentityStage,
     signals: SignalsStage,
     rules: RuleSet,
+    limits: Limits,
 }
 
 impl Classifier {
@@ -46,6 +48,7 @@ impl Classifier {
             identity,
             signals: SignalsStage::default(),
             rules,
+            limits: Limits::default(),
         }
     }
 
@@ -53,12 +56,24 @@ impl Classifier {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
         let state = Arc::new(ClientStore::new(config.state.capacity));
-        let rules = crate::rules::file::load(&config.rules, &config.origin.dir)?;
+        let (rules, rates) =
+            crate::rules::file::load_with_limits(&config.rules, &config.origin.dir)?;
         Ok(Classifier {
             identity,
             signals: SignalsStage::new(state),
             rules,
+            limits: Limits::new(&rates, config.state.capacity),
         })
+    }
+
+    /// How long the `tarpit` action holds a request.
+    pub fn tarpit_delay(&self) -> std::time::Duration {
+        self.rules.tarpit_delay()
+    }
+
+    /// The per-class quotas the `limit` action enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// The signals stage (for its client state).

@@ -15,6 +15,7 @@ pub mod config;
 pub mod facts;
 pub mod forwarded;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod rules;

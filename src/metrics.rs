@@ -121,6 +121,7 @@ pub struct Metrics {
     pub sessions: crate::identity::session::SessionMetrics,
     rule_matches: IntCounterVec,
     bot_score: Histogram,
+    rate_limited: [IntCounter; Class::ALL.len()],
     /// Clients in the client state (set at scrape time).
     pub tracked_clients: IntGauge,
     /// Client records evicted to make room (caught up at scrape time).
@@ -308,6 +309,15 @@ impl Metrics {
             ),
         )?;
         registry.register(Box::new(bot_score.clone()))?;
+        let rate_limited_vec = IntCounterVec::new(
+            Opts::new(
+                "usher_rate_limited_total",
+                "Requests answered 429 because their class quota was spent, by class.",
+            ),
+            &["class"],
+        )?;
+        registry.register(Box::new(rate_limited_vec.clone()))?;
+        let rate_limited = Class::ALL.map(|c| rate_limited_vec.with_label_values(&[c.as_str()]));
         let tracked_clients = IntGauge::new(
             "usher_tracked_clients",
             "Clients (addresses; IPv6 by /64) in the client state.",
@@ -347,6 +357,7 @@ impl Metrics {
             sessions,
             rule_matches,
             bot_score,
+            rate_limited,
             tracked_clients,
             state_evictions,
         })
@@ -385,6 +396,11 @@ impl Metrics {
             }
         }
         self.bot_score.observe(f64::from(score));
+    }
+
+    /// Count a request refused for its class quota.
+    pub fn count_rate_limited(&self, class: Class) {
+        self.rate_limited[class.index()].inc();
     }
 
     /// Bring the client-state figures up to date (before a scrape).

@@ -222,3 +222,82 @@ async fn a_scraper_turns_bot_within_seconds_while_a_person_does_not() {
         );
     }
 }
+
+fn rules_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limit_answers_429_with_retry_after_per_client() {
+    let dir = rules_dir(&[(
+        "limits.toml",
+        "[thresholds]\naction.public_visitor = \"limit\"\n\n[limits]\npublic_visitor = { rate = \"2/m\", burst = 2 }\n",
+    )]);
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(
+        &up,
+        &format!(
+            "rules = [\"{}/*.toml\"]\ntrusted_proxies = [\"127.0.0.1\"]",
+            dir.path().display()
+        ),
+    ));
+    let client_a = [("x-forwarded-for", "198.51.100.1")];
+    assert_eq!(ask(&usher, "/", &client_a).await.0, 200);
+    assert_eq!(ask(&usher, "/", &client_a).await.0, 200);
+    let req = Request::get(usher.url("/"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .body(full(""))
+        .unwrap();
+    let (parts, body) = send(req).await;
+    assert_eq!(parts.status, 429);
+    let retry: u64 = parts.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(&body[..], br#"{"error":"too_many_requests"}"#);
+    assert_eq!(
+        ask(&usher, "/", &[("x-forwarded-for", "198.51.100.2")])
+            .await
+            .0,
+        200,
+        "another client"
+    );
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_rate_limited_total{class="public_visitor"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"usher_requests_total{action="limit",class="public_visitor"}"#
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tarpit_holds_then_refuses() {
+    let dir = rules_dir(&[(
+        "tarpit.toml",
+        "[thresholds]\ntarpit = \"400ms\"\n\n[[rule]]\nname = \"slow-down\"\nwhen.path_prefix = \"/trap\"\naction = \"tarpit\"\n",
+    )]);
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(
+        &up,
+        &format!("rules = [\"{}/*.toml\"]", dir.path().display()),
+    ));
+    let started = std::time::Instant::now();
+    assert_eq!(ask(&usher, "/trap", &[]).await.0, 403);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(380));
+    assert_eq!(ask(&usher, "/open", &[]).await.0, 200);
+}

@@ -66,7 +66,11 @@ pub struct Proxy {
     client: upstream::Client,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
+    tarpit: tokio::sync::Semaphore,
 }
+
+/// Requests held in the tarpit at once, at most.
+pub const TARPIT_CAPACITY: usize = 256;
 
 impl Proxy {
     /// A proxy over an upstream connection pool.
@@ -81,6 +85,7 @@ impl Proxy {
             client,
             metrics,
             access_log,
+            tarpit: tokio::sync::Semaphore::new(TARPIT_CAPACITY),
         }
     }
 
@@ -143,11 +148,29 @@ impl Proxy {
             .then(|| LogFields::new(now, client_ip, &parts, verdict));
         let mut done = Completion::new(self.clone(), started, class, log);
 
-        // Act. `limit` has no quota to enforce until quotas are configured;
-        // `tarpit` answers like `deny`.
+        // Act.
         match action {
-            Action::Forward | Action::Limit => {}
-            Action::Deny | Action::Tarpit => {
+            Action::Forward => {}
+            Action::Limit => {
+                if let Err(wait) = settings.classifier.limits().check(class, client_ip) {
+                    self.metrics.count_rate_limited(class);
+                    return Ok(too_many_requests(wait, done));
+                }
+            }
+            Action::Deny => {
+                return Ok(local(
+                    StatusCode::FORBIDDEN,
+                    br#"{"error":"forbidden"}"#,
+                    done,
+                ));
+            }
+            Action::Tarpit => {
+                // Hold the answer to waste the client's time, but only for
+                // a bounded number of requests at once: past that, refuse
+                // at once rather than hold our own resources.
+                if let Ok(_held) = self.tarpit.try_acquire() {
+                    tokio::time::sleep(settings.classifier.tarpit_delay()).await;
+                }
                 return Ok(local(
                     StatusCode::FORBIDDEN,
                     br#"{"error":"forbidden"}"#,
@@ -266,6 +289,20 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
         .path_and_query(path)
         .build()
         .ok()
+}
+
+/// 429 with `Retry-After` in whole seconds (at least one).
+fn too_many_requests(wait: Duration, done: Completion) -> Response<ProxyBody> {
+    let mut response = local(
+        StatusCode::TOO_MANY_REQUESTS,
+        br#"{"error":"too_many_requests"}"#,
+        done,
+    );
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
 }
 
 /// A short JSON answer of usher's own.

@@ -17,6 +17,7 @@ use super::condition::{Comparison, Condition, IdentityKind, SignalName};
 use super::{Effect, Mode, Rule, RuleSet};
 use crate::config::{ConfigError, OneOrMany, Origin, parse_toml};
 use crate::forwarded::Cidr;
+use crate::limits::Rate;
 use crate::verdict::{Action, Class};
 
 /// Rule files larger than this are refused.
@@ -34,6 +35,8 @@ struct RuleFile {
     #[serde(default)]
     thresholds: Option<Spanned<Thresholds>>,
     #[serde(default)]
+    limits: Option<Spanned<HashMap<Class, LimitDef>>>,
+    #[serde(default)]
     rule: Vec<RuleDef>,
 }
 
@@ -44,6 +47,30 @@ struct Thresholds {
     bot: Option<i32>,
     #[serde(default)]
     action: HashMap<Class, Action>,
+    #[serde(default, deserialize_with = "tarpit_delay")]
+    tarpit: Option<std::time::Duration>,
+}
+
+/// How long the tarpit holds a request: at most a minute.
+fn tarpit_delay<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    let delay = crate::config::parse_duration(&s).map_err(serde::de::Error::custom)?;
+    if delay > std::time::Duration::from_secs(60) {
+        return Err(serde::de::Error::custom(
+            "the tarpit holds a request at most \"60s\"",
+        ));
+    }
+    Ok(Some(delay))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitDef {
+    rate: String,
+    #[serde(default)]
+    burst: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,10 +173,22 @@ fn at<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Located> {
 
 /// Load and compile the rule files named by `globs` (relative to `base`).
 pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
+    load_with_limits(globs, base).map(|(rules, _)| rules)
+}
+
+/// Load the rule files, and the per-class quotas they set (at most one
+/// file may set `[limits]`).
+pub fn load_with_limits(
+    globs: &[String],
+    base: &Path,
+) -> Result<(RuleSet, Vec<(Class, Rate)>), ConfigError> {
     let files = expand(globs, base)?;
+    let mut limits: Vec<(Class, Rate)> = Vec::new();
+    let mut limits_from: Option<PathBuf> = None;
     let mut rules: Vec<Rule> = Vec::new();
     let mut bot_threshold = RuleSet::DEFAULT_BOT_THRESHOLD;
     let mut class_actions: Vec<(Class, Action)> = Vec::new();
+    let mut tarpit = None;
     let mut thresholds_from: Option<PathBuf> = None;
     for path in files {
         let origin = read(&path)?;
@@ -168,7 +207,30 @@ pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
             thresholds_from = Some(path.clone());
             let t = t.into_inner();
             bot_threshold = t.bot.unwrap_or(bot_threshold);
+            tarpit = t.tarpit;
             class_actions.extend(t.action);
+        }
+        if let Some(l) = file.limits {
+            let span = l.span();
+            if let Some(first) = &limits_from {
+                return Err(locate(Located {
+                    span: Some(span),
+                    message: format!(
+                        "limits are already set in {}; set them in one file",
+                        first.display()
+                    ),
+                }));
+            }
+            limits_from = Some(path.clone());
+            for (class, def) in l.into_inner() {
+                let rate = Rate::parse(&def.rate, def.burst).map_err(|message| {
+                    locate(Located {
+                        span: Some(span.clone()),
+                        message: format!("limits.{class}: {message}"),
+                    })
+                })?;
+                limits.push((class, rate));
+            }
         }
         for def in file.rule {
             let rule = compile_rule(def, &origin.dir).map_err(locate)?;
@@ -184,10 +246,14 @@ pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
             rules.push(rule);
         }
     }
-    Ok(class_actions.into_iter().fold(
+    let mut rules = class_actions.into_iter().fold(
         RuleSet::new(rules, bot_threshold),
         |set, (class, action)| set.with_class_action(class, action),
-    ))
+    );
+    if let Some(delay) = tarpit {
+        rules = rules.with_tarpit_delay(delay);
+    }
+    Ok((rules, limits))
 }
 
 fn read(path: &Path) -> Result<Origin, ConfigError> {

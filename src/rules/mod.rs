@@ -71,6 +71,7 @@ pub struct RuleSet {
     rules: Vec<Rule>,
     bot_threshold: i32,
     class_actions: [Action; Class::ALL.len()],
+    tarpit_delay: std::time::Duration,
 }
 
 impl Default for RuleSet {
@@ -89,7 +90,22 @@ impl RuleSet {
             rules,
             bot_threshold,
             class_actions: [Action::Forward; Class::ALL.len()],
+            tarpit_delay: Self::DEFAULT_TARPIT_DELAY,
         }
+    }
+
+    /// How long the tarpit holds a request when none is configured.
+    pub const DEFAULT_TARPIT_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+    /// Set how long the tarpit holds a request.
+    pub fn with_tarpit_delay(mut self, delay: std::time::Duration) -> Self {
+        self.tarpit_delay = delay;
+        self
+    }
+
+    /// How long the tarpit holds a request.
+    pub fn tarpit_delay(&self) -> std::time::Duration {
+        self.tarpit_delay
     }
 
     /// Set the action a class gets when no rule chooses one.

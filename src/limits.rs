@@ -1,0 +1,180 @@
+//! Per-class rate quotas: governor's GCRA, keyed by client, with its state
+//! kept in a bounded map so an address-rotation flood cannot grow it.
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::state::{BoundedMap, ClientKey};
+use crate::verdict::Class;
+
+/// A quota as written in a rule file: `rate = "20/s"`, `burst = 40`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Requests per period.
+    pub count: NonZeroU32,
+    /// The period.
+    pub per: Duration,
+    /// Requests allowed at once.
+    pub burst: NonZeroU32,
+}
+
+impl Rate {
+    /// Parse `N/s`, `N/m` or `N/h` with a burst.
+    pub fn parse(rate: &str, burst: Option<u32>) -> Result<Rate, String> {
+        let bad = || format!("`{rate}` is not a rate like \"20/s\", \"300/m\" or \"1000/h\"");
+        let (n, unit) = rate.split_once('/').ok_or_else(bad)?;
+        let count: NonZeroU32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        let burst = match burst {
+            None => count,
+            Some(b) => NonZeroU32::new(b).ok_or("burst must be at least 1")?,
+        };
+        Ok(Rate { count, per, burst })
+    }
+
+    fn quota(self) -> Quota {
+        // One request every per/count, `burst` at once.
+        let period = self.per / self.count.get();
+        Quota::with_period(period.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(self.count))
+            .allow_burst(self.burst)
+    }
+}
+
+/// GCRA state per client, bounded.
+struct Store(BoundedMap<ClientKey, Option<u64>>);
+
+impl StateStore for Store {
+    type Key = ClientKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &ClientKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.with(
+            *key,
+            || None,
+            |slot| {
+                let (outcome, next) = f(slot.map(Nanos::from))?;
+                *slot = Some(next.into());
+                Ok(outcome)
+            },
+        )
+    }
+}
+
+type Limiter =
+    RateLimiter<ClientKey, Store, DefaultClock, NoOpMiddleware<<DefaultClock as Clock>::Instant>>;
+
+/// The quotas of every class that has one.
+pub struct Limits {
+    per_class: [Option<Limiter>; Class::ALL.len()],
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let classes: Vec<&str> = Class::ALL
+            .iter()
+            .filter(|c| self.per_class[c.index()].is_some())
+            .map(|c| c.as_str())
+            .collect();
+        f.debug_struct("Limits").field("classes", &classes).finish()
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::new(&[], 1)
+    }
+}
+
+impl Limits {
+    /// Quotas for the given classes, each remembering up to `capacity`
+    /// clients.
+    pub fn new(rates: &[(Class, Rate)], capacity: usize) -> Self {
+        let clock = DefaultClock::default();
+        let mut per_class: [Option<Limiter>; Class::ALL.len()] = Default::default();
+        for (class, rate) in rates {
+            per_class[class.index()] = Some(RateLimiter::new(
+                rate.quota(),
+                Store(BoundedMap::new(capacity)),
+                clock.clone(),
+            ));
+        }
+        Limits { per_class, clock }
+    }
+
+    /// Whether the class has a quota.
+    pub fn has(&self, class: Class) -> bool {
+        self.per_class[class.index()].is_some()
+    }
+
+    /// Take one request from the client's quota for its class: `Err` with
+    /// how long to wait when it is spent. A class without a quota is never
+    /// limited.
+    pub fn check(&self, class: Class, client: IpAddr) -> Result<(), Duration> {
+        let Some(limiter) = &self.per_class[class.index()] else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&ClientKey::of(client))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        let r = Rate::parse("20/s", Some(40)).unwrap();
+        assert_eq!(
+            (r.count.get(), r.per, r.burst.get()),
+            (20, Duration::from_secs(1), 40)
+        );
+        assert_eq!(Rate::parse("300/m", None).unwrap().burst.get(), 300);
+        for bad in ["20", "0/s", "x/s", "20/d", "-1/s", "/s"] {
+            assert!(Rate::parse(bad, None).is_err(), "{bad}");
+        }
+        assert!(Rate::parse("1/s", Some(0)).is_err());
+    }
+
+    #[test]
+    fn quotas_are_per_class_and_per_client() {
+        let limits = Limits::new(
+            &[(Class::MaliciousBot, Rate::parse("1/h", Some(3)).unwrap())],
+            1000,
+        );
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(limits.check(Class::MaliciousBot, a).is_ok());
+        }
+        let wait = limits.check(Class::MaliciousBot, a).unwrap_err();
+        assert!(wait > Duration::from_secs(1000), "{wait:?}");
+        assert!(
+            limits.check(Class::MaliciousBot, b).is_ok(),
+            "another client has its own quota"
+        );
+        for _ in 0..100 {
+            assert!(
+                limits.check(Class::PublicVisitor, a).is_ok(),
+                "no quota, no limit"
+            );
+        }
+    }
+}
