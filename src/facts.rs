@@ -51,9 +51,10 @@ impl<'a> Facts<'a> {
             query: parts.uri.query(),
             host,
             headers,
+            // Any UTF-8 counts: real agents carry non-ASCII names.
             user_agent: headers
                 .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok()),
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()),
             client_ip,
             peer_ip,
             now,
@@ -96,10 +97,24 @@ mod tests {
             header::USER_AGENT,
             http::HeaderValue::from_bytes(b"\xffbot").unwrap(),
         );
+
         let (parts, ()) = req.into_parts();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
         assert_eq!(facts.user_agent, None);
         assert_eq!(facts.host, Some("h2.example"));
+
+        let mut req = http::Request::builder().uri("/").body(()).unwrap();
+        req.headers_mut().insert(
+            header::USER_AGENT,
+            http::HeaderValue::from_bytes("App/1 (Ünïcode)".as_bytes()).unwrap(),
+        );
+        let (parts, ()) = req.into_parts();
+        let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            facts.user_agent,
+            Some("App/1 (Ünïcode)"),
+            "UTF-8 agents are read"
+        );
     }
 }
