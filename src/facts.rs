@@ -19,8 +19,9 @@ pub struct Facts<'a> {
     pub host: Option<&'a str>,
     /// All request headers, after usher's own labels were stripped.
     pub headers: &'a HeaderMap,
-    /// The `User-Agent` header, if present and valid UTF-8.
-    pub user_agent: Option<&'a str>,
+    /// The `User-Agent` header's bytes, if present (any bytes: rules must
+    /// see what a client sent, decodable or not).
+    pub user_agent: Option<&'a [u8]>,
     /// The client address: the peer, or what trusted proxies reported.
     pub client_ip: IpAddr,
     /// The socket peer's address.
@@ -51,10 +52,7 @@ impl<'a> Facts<'a> {
             query: parts.uri.query(),
             host,
             headers,
-            // Any UTF-8 counts: real agents carry non-ASCII names.
-            user_agent: headers
-                .get(header::USER_AGENT)
-                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()),
+            user_agent: headers.get(header::USER_AGENT).map(|v| v.as_bytes()),
             client_ip,
             peer_ip,
             now,
@@ -84,11 +82,11 @@ mod tests {
         assert_eq!(facts.path, "/a/b");
         assert_eq!(facts.query, Some("x=1"));
         assert_eq!(facts.host, Some("example.com"));
-        assert_eq!(facts.user_agent, Some("curl/8"));
+        assert_eq!(facts.user_agent, Some(&b"curl/8"[..]));
     }
 
     #[test]
-    fn non_utf8_user_agent_is_absent_and_authority_is_host() {
+    fn user_agent_bytes_are_kept_and_authority_is_host() {
         let mut req = http::Request::builder()
             .uri("http://h2.example/x")
             .body(())
@@ -101,7 +99,11 @@ mod tests {
         let (parts, ()) = req.into_parts();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
-        assert_eq!(facts.user_agent, None);
+        assert_eq!(
+            facts.user_agent,
+            Some(&b"\xffbot"[..]),
+            "undecodable, still there"
+        );
         assert_eq!(facts.host, Some("h2.example"));
 
         let mut req = http::Request::builder().uri("/").body(()).unwrap();
@@ -113,7 +115,7 @@ mod tests {
         let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
         assert_eq!(
             facts.user_agent,
-            Some("App/1 (Ünïcode)"),
+            Some("App/1 (Ünïcode)".as_bytes()),
             "UTF-8 agents are read"
         );
     }

@@ -14,7 +14,7 @@ use crate::state::{
 /// Derived observations about one request, read by the rules.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Signals {
-    /// The request carried no `User-Agent` (or one that is not text).
+    /// The request carried no `User-Agent`, or a blank or `-` one.
     pub user_agent_missing: bool,
     /// Failed credentials from this client in the last five minutes,
     /// this request's included.
@@ -26,6 +26,8 @@ pub struct Signals {
     pub status_4xx_60s: u32,
     /// Upstream 404 answers to this client over 60 s.
     pub status_404_60s: u32,
+    /// Upstream 401 and 403 answers to this client over 60 s.
+    pub status_401_403_60s: u32,
     /// Upstream answers to this client over 60 s.
     pub answered_60s: u32,
 }
@@ -65,11 +67,12 @@ impl SignalsStage {
             }
         });
         Signals {
-            user_agent_missing: facts.user_agent.is_none_or(str::is_empty),
+            user_agent_missing: facts.user_agent.is_none_or(is_blank_agent),
             auth_failures_5m: record.auth_failures.count(now, AUTH_FAILURE_WINDOW),
             rates: std::array::from_fn(|i| record.requests[i].count(now, RATE_WINDOWS[i])),
             status_4xx_60s: record.status_4xx.count(now, STATUS_WINDOW),
             status_404_60s: record.status_404.count(now, STATUS_WINDOW),
+            status_401_403_60s: record.status_auth.count(now, STATUS_WINDOW),
             answered_60s: record.answered.count(now, STATUS_WINDOW),
         }
     }
@@ -91,4 +94,10 @@ impl SignalsStage {
 fn unix_seconds(t: std::time::SystemTime) -> u32 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+}
+
+/// An agent that says nothing: empty, blank, or a placeholder dash.
+fn is_blank_agent(ua: &[u8]) -> bool {
+    let ua = ua.trim_ascii();
+    ua.is_empty() || ua == b"-"
 }

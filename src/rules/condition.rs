@@ -4,7 +4,8 @@
 
 use aho_corasick::AhoCorasick;
 use http::{HeaderName, Method};
-use regex::{Regex, RegexSet};
+use regex::RegexSet;
+use regex::bytes::{Regex as BytesRegex, RegexSet as BytesRegexSet};
 
 use crate::facts::Facts;
 use crate::forwarded::Cidr;
@@ -69,6 +70,8 @@ pub enum SignalName {
     Status4xx60s,
     /// Upstream 404 answers to the client in the last minute.
     Status40460s,
+    /// Upstream 401 and 403 answers to the client in the last minute.
+    Status401Or40360s,
     /// The share of the client's upstream answers that were 4xx, last
     /// minute (0 without answers).
     Status4xxRatio60s,
@@ -85,9 +88,10 @@ impl SignalName {
         "status_4xx_60s",
         "status_404_60s",
         "status_4xx_ratio_60s",
+        "status_401_403_60s",
     ];
 
-    const ALL: [SignalName; 8] = [
+    const ALL: [SignalName; 9] = [
         SignalName::AuthFailures5m,
         SignalName::Rate1s,
         SignalName::Rate10s,
@@ -96,6 +100,7 @@ impl SignalName {
         SignalName::Status4xx60s,
         SignalName::Status40460s,
         SignalName::Status4xxRatio60s,
+        SignalName::Status401Or40360s,
     ];
 
     /// Parse a signal's name.
@@ -115,6 +120,7 @@ impl SignalName {
             SignalName::Rate5m => f64::from(s.rates[3]),
             SignalName::Status4xx60s => f64::from(s.status_4xx_60s),
             SignalName::Status40460s => f64::from(s.status_404_60s),
+            SignalName::Status401Or40360s => f64::from(s.status_401_403_60s),
             SignalName::Status4xxRatio60s if s.answered_60s == 0 => 0.0,
             SignalName::Status4xxRatio60s => {
                 f64::from(s.status_4xx_60s) / f64::from(s.answered_60s)
@@ -164,18 +170,22 @@ pub enum Condition {
     PathPrefix(Vec<String>),
     /// The normalised path matches one of these regexes.
     Path(RegexSet),
-    /// The raw query string matches one of these regexes.
-    Query(RegexSet),
+    /// The path climbs above the root (`..` past `/`), as no browser sends.
+    PathEscapesRoot,
+    /// The query string, raw or percent-decoded, matches one of these.
+    Query(BytesRegexSet),
     /// The host (without port, lower case) is one of these.
     Host(Vec<String>),
     /// Every one of these headers is present.
     HeaderPresent(Vec<HeaderName>),
     /// None of these headers is present.
     HeaderAbsent(Vec<HeaderName>),
-    /// A header is present and its value (as text) matches.
-    Header(HeaderName, Regex),
-    /// The user agent matches one of these regexes.
-    UserAgent(RegexSet),
+    /// A header is present and one of its values matches (as bytes).
+    Header(HeaderName, BytesRegex),
+    /// Some header's value matches (as bytes).
+    AnyHeader(BytesRegex),
+    /// The user agent matches one of these regexes (as bytes).
+    UserAgent(BytesRegexSet),
     /// The user agent contains one of these strings (ASCII case-insensitive).
     UserAgentContains(AhoCorasick),
     /// The request has no usable `User-Agent`.
@@ -201,6 +211,10 @@ pub struct Input<'a, 'f> {
     pub signals: &'a Signals,
     /// Its normalised path.
     pub path: &'a str,
+    /// Whether the raw path climbed above the root.
+    pub escaped_root: bool,
+    /// The query, percent-decoded, when it held escapes.
+    pub query_decoded: Option<&'a [u8]>,
 }
 
 impl Condition {
@@ -217,7 +231,11 @@ impl Condition {
                 prefixes.iter().any(|p| input.path.starts_with(p.as_str()))
             }
             Condition::Path(set) => set.is_match(input.path),
-            Condition::Query(set) => facts.query.is_some_and(|q| set.is_match(q)),
+            Condition::PathEscapesRoot => input.escaped_root,
+            Condition::Query(set) => {
+                facts.query.is_some_and(|q| set.is_match(q.as_bytes()))
+                    || input.query_decoded.is_some_and(|q| set.is_match(q))
+            }
             Condition::Host(hosts) => facts.host.is_some_and(|h| {
                 let name = host_name(h);
                 hosts.iter().any(|x| x.eq_ignore_ascii_case(name))
@@ -228,8 +246,10 @@ impl Condition {
                 .headers
                 .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok())
-                .any(|v| regex.is_match(v)),
+                .any(|v| regex.is_match(v.as_bytes())),
+            Condition::AnyHeader(regex) => {
+                facts.headers.values().any(|v| regex.is_match(v.as_bytes()))
+            }
             Condition::UserAgent(set) => facts.user_agent.is_some_and(|ua| set.is_match(ua)),
             Condition::UserAgentContains(ac) => facts.user_agent.is_some_and(|ua| ac.is_match(ua)),
             Condition::UserAgentMissing => input.signals.user_agent_missing,

@@ -9,6 +9,9 @@ use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
 use http::{HeaderName, Method};
+use regex::bytes::{
+    Regex as BytesRegex, RegexSet as BytesRegexSet, RegexSetBuilder as BytesRegexSetBuilder,
+};
 use regex::{Regex, RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
@@ -35,7 +38,7 @@ struct RuleFile {
     #[serde(default)]
     thresholds: Option<Spanned<Thresholds>>,
     #[serde(default)]
-    limits: Option<Spanned<HashMap<Class, LimitDef>>>,
+    limits: Option<Spanned<HashMap<Class, Spanned<LimitDef>>>>,
     #[serde(default)]
     rule: Vec<RuleDef>,
 }
@@ -114,6 +117,10 @@ struct When {
     #[serde(default)]
     header: Option<Spanned<HeaderMatch>>,
     #[serde(default)]
+    any_header: Option<Spanned<String>>,
+    #[serde(default)]
+    path_escapes_root: Option<bool>,
+    #[serde(default)]
     user_agent: Strings,
     #[serde(default)]
     user_agent_contains: Strings,
@@ -189,6 +196,7 @@ pub fn load_with_limits(
     let mut bot_threshold = RuleSet::DEFAULT_BOT_THRESHOLD;
     let mut class_actions: Vec<(Class, Action)> = Vec::new();
     let mut tarpit = None;
+    let mut names: HashMap<Arc<str>, PathBuf> = HashMap::new();
     let mut thresholds_from: Option<PathBuf> = None;
     for path in files {
         let origin = read(&path)?;
@@ -207,6 +215,13 @@ pub fn load_with_limits(
             thresholds_from = Some(path.clone());
             let t = t.into_inner();
             bot_threshold = t.bot.unwrap_or(bot_threshold);
+            if bot_threshold <= 0 {
+                return Err(origin.error_at(
+                    None,
+                    "thresholds.bot must be positive (at 0 every request would be malicious_bot)"
+                        .to_owned(),
+                ));
+            }
             tarpit = t.tarpit;
             class_actions.extend(t.action);
         }
@@ -223,9 +238,11 @@ pub fn load_with_limits(
             }
             limits_from = Some(path.clone());
             for (class, def) in l.into_inner() {
+                let at = def.span();
+                let def = def.into_inner();
                 let rate = Rate::parse(&def.rate, def.burst).map_err(|message| {
                     locate(Located {
-                        span: Some(span.clone()),
+                        span: Some(at),
                         message: format!("limits.{class}: {message}"),
                     })
                 })?;
@@ -233,18 +250,34 @@ pub fn load_with_limits(
             }
         }
         for def in file.rule {
+            let name_span = def.name.span();
             let rule = compile_rule(def, &origin.dir).map_err(locate)?;
-            if let Some(same) = rules.iter().find(|r| r.name == rule.name) {
+            if let Some(first) = names.get(&rule.name) {
                 return Err(origin.error_at(
-                    None,
+                    Some(name_span),
                     format!(
-                        "rule `{}` is defined twice (names must be unique)",
-                        same.name
+                        "rule `{}` is already defined in {}; names must be unique",
+                        rule.name,
+                        first.display()
                     ),
                 ));
             }
+            names.insert(rule.name.clone(), path.clone());
             rules.push(rule);
         }
+    }
+    if let Some((class, _)) = class_actions
+        .iter()
+        .find(|(class, action)| *action == Action::Limit && !limits.iter().any(|(c, _)| c == class))
+    {
+        return Err(ConfigError::Inconsistent {
+            file: thresholds_from
+                .as_ref()
+                .map_or_else(String::new, |p| p.display().to_string()),
+            message: format!(
+                "thresholds.action.{class} is `limit`, but [limits] gives {class} no quota"
+            ),
+        });
     }
     let mut rules = class_actions.into_iter().fold(
         RuleSet::new(rules, bot_threshold),
@@ -392,15 +425,22 @@ fn compile_rule(def: RuleDef, dir: &Path) -> Result<Rule, Located> {
     })
 }
 
-fn strings(value: Spanned<OneOrMany<String>>) -> (Range<usize>, Vec<String>) {
+fn strings(value: Spanned<OneOrMany<String>>) -> Result<(Range<usize>, Vec<String>), Located> {
     let span = value.span();
-    (span, value.into_inner().into_vec())
+    let list = value.into_inner().into_vec();
+    if list.is_empty() {
+        return at(
+            span,
+            "an empty list never matches; remove the condition instead",
+        );
+    }
+    Ok((span, list))
 }
 
 fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
     let mut all: Vec<Condition> = Vec::new();
     if let Some(v) = when.method {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         let mut methods = Vec::with_capacity(list.len());
         for m in list {
             match Method::from_bytes(m.as_bytes()) {
@@ -411,50 +451,56 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         all.push(Condition::Method(methods));
     }
     if let Some(v) = when.path {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         all.push(Condition::Path(regex_set(&list, span)?));
     }
     if let Some(v) = when.path_prefix {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         if list.iter().any(|p| !p.starts_with('/')) {
             return at(span, "path prefixes start with `/`");
         }
         all.push(Condition::PathPrefix(list));
     }
     if let Some(v) = when.query {
-        let (span, list) = strings(v);
-        all.push(Condition::Query(regex_set(&list, span)?));
+        let (span, list) = strings(v)?;
+        all.push(Condition::Query(bytes_regex_set(&list, span)?));
     }
     if let Some(v) = when.host {
-        let (_, list) = strings(v);
+        let (_, list) = strings(v)?;
         all.push(Condition::Host(
             list.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
         ));
     }
     if let Some(v) = when.header_present {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         all.push(Condition::HeaderPresent(header_names(&list, span)?));
     }
     if let Some(v) = when.header_absent {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         all.push(Condition::HeaderAbsent(header_names(&list, span)?));
     }
     if let Some(h) = when.header {
         let span = h.span();
         let h = h.into_inner();
         let name = header_names(std::slice::from_ref(&h.name), span.clone())?.remove(0);
-        let regex = Regex::new(&h.matches).map_err(|e| Located {
-            span: Some(span.clone()),
-            message: format!("invalid regex: {e}"),
-        })?;
+        let regex = bytes_regex(&h.matches, span)?;
         all.push(Condition::Header(name, regex));
     }
+    if let Some(r) = when.any_header {
+        let span = r.span();
+        all.push(Condition::AnyHeader(bytes_regex(r.get_ref(), span)?));
+    }
+    match when.path_escapes_root {
+        Some(true) => all.push(Condition::PathEscapesRoot),
+        Some(false) => all.push(Condition::Not(Box::new(Condition::PathEscapesRoot))),
+        None => {}
+    }
     if let Some(v) = when.user_agent {
-        let (span, list) = strings(v);
-        all.push(Condition::UserAgent(regex_set(&list, span)?));
+        let (span, list) = strings(v)?;
+        all.push(Condition::UserAgent(bytes_regex_set(&list, span)?));
     }
     if let Some(v) = when.user_agent_contains {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         if list.iter().any(String::is_empty) {
             return at(span, "empty strings would match every user agent");
         }
@@ -473,7 +519,7 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         None => {}
     }
     if let Some(v) = when.ip {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         let mut nets = Vec::with_capacity(list.len());
         for item in &list {
             nets.push(item.parse::<Cidr>().or_else(|e| at(span.clone(), e))?);
@@ -487,7 +533,7 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         ));
     }
     if let Some(v) = when.identity {
-        let (span, list) = strings(v);
+        let (span, list) = strings(v)?;
         let mut kinds = Vec::new();
         for k in &list {
             match IdentityKind::parse(k) {
@@ -553,6 +599,53 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
 }
 
 fn regex_set(patterns: &[String], span: Range<usize>) -> Result<RegexSet, Located> {
+    check_patterns(patterns, span.clone())?;
+    RegexSetBuilder::new(patterns)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| Located {
+            span: Some(span),
+            message: format!("invalid regex: {e}"),
+        })
+}
+
+/// One regex matched against bytes (header values may be any bytes).
+fn bytes_regex(pattern: &str, span: Range<usize>) -> Result<BytesRegex, Located> {
+    if Regex::new(pattern).is_ok_and(|r| r.is_match("")) {
+        return at(
+            span,
+            format!("regex `{pattern}` matches the empty string, so it would match everything"),
+        );
+    }
+    regex::bytes::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| Located {
+            span: Some(span),
+            message: format!("invalid regex: {e}"),
+        })
+}
+
+/// Regexes matched against bytes, as one set.
+fn bytes_regex_set(patterns: &[String], span: Range<usize>) -> Result<BytesRegexSet, Located> {
+    check_patterns(patterns, span.clone())?;
+    BytesRegexSetBuilder::new(patterns)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| Located {
+            span: Some(span),
+            message: format!("invalid regex: {e}"),
+        })
+}
+
+/// Refuse empty lists and regexes that match the empty string.
+fn check_patterns(patterns: &[String], span: Range<usize>) -> Result<(), Located> {
+    if patterns.is_empty() {
+        return at(
+            span,
+            "an empty list never matches; remove the condition instead",
+        );
+    }
     for p in patterns {
         if Regex::new(p).is_ok_and(|r| r.is_match("")) {
             return at(
@@ -561,13 +654,7 @@ fn regex_set(patterns: &[String], span: Range<usize>) -> Result<RegexSet, Locate
             );
         }
     }
-    RegexSetBuilder::new(patterns)
-        .size_limit(REGEX_SIZE_LIMIT)
-        .build()
-        .map_err(|e| Located {
-            span: Some(span),
-            message: format!("invalid regex: {e}"),
-        })
+    Ok(())
 }
 
 fn header_names(names: &[String], span: Range<usize>) -> Result<Vec<HeaderName>, Located> {

@@ -135,12 +135,15 @@ impl RuleSet {
         if self.rules.is_empty() {
             return out;
         }
-        let path = path::normalize(facts.path);
+        let normalized = path::normalize(facts.path);
+        let query_decoded = facts.query.and_then(path::decode_query);
         let input = Input {
             facts,
             identity,
             signals,
-            path: &path,
+            path: &normalized.path,
+            escaped_root: normalized.escaped_root,
+            query_decoded: query_decoded.as_deref(),
         };
         for rule in &self.rules {
             if !rule.when.matches(&input) {

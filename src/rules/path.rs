@@ -1,26 +1,41 @@
 //! Path normalisation for matching: so that `/%2e%2e/.env`, `//.env`,
-//! `/a/../.env` and `/.env;x=1` all meet a rule about `/.env`. The request
-//! forwarded upstream is not changed; only what rules see.
+//! `/a/../.env`, `/a\..\.env`, `/a/..%2f.env` and `/.env;x=1` all meet a
+//! rule about `/.env`. The request forwarded upstream is not changed; only
+//! what rules see.
 
 use std::borrow::Cow;
 
+/// A path as rules see it.
+#[derive(Debug, PartialEq)]
+pub struct Normalized<'a> {
+    /// The normalised path.
+    pub path: Cow<'a, str>,
+    /// Whether a `..` tried to climb above the root, which no browser sends.
+    pub escaped_root: bool,
+}
+
 /// Normalise a request path: percent-decode unreserved characters (RFC 3986
-/// §2.3, and `%2E` so dot segments cannot hide), drop `;` parameters from
-/// each segment, collapse repeated slashes, and resolve `.` and `..`
-/// segments (never above the root). Borrows when nothing changes.
-pub fn normalize(path: &str) -> Cow<'_, str> {
+/// §2.3) and the separators `%2F` and `%5C` (upstreams that decode them, or
+/// treat `\` as `/`, would otherwise see another path than the rules did),
+/// split on `/` and `\`, drop `;` parameters from each segment, collapse
+/// empty segments and resolve `.` and `..`. Borrows when nothing changes.
+pub fn normalize(path: &str) -> Normalized<'_> {
     if is_normal(path) {
-        return Cow::Borrowed(path);
+        return Normalized {
+            path: Cow::Borrowed(path),
+            escaped_root: false,
+        };
     }
-    let decoded = decode_unreserved(path);
+    let decoded = decode(path);
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    let mut escaped_root = false;
+    let mut last = "";
+    for segment in decoded.split(['/', '\\']) {
         let segment = segment.split(';').next().unwrap_or("");
+        last = segment;
         match segment {
             "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
+            ".." => escaped_root |= segments.pop().is_none(),
             s => segments.push(s),
         }
     }
@@ -29,34 +44,35 @@ pub fn normalize(path: &str) -> Cow<'_, str> {
         out.push('/');
         out.push_str(s);
     }
-    let trailing = decoded.ends_with('/')
-        || decoded.ends_with("/.")
-        || decoded.ends_with("/..")
-        || decoded
-            .split('/')
-            .next_back()
-            .is_some_and(|s| s.starts_with(';'));
+    let trailing = matches!(last, "" | "." | "..");
     if out.is_empty() || (trailing && !out.ends_with('/')) {
         out.push('/');
     }
-    Cow::Owned(out)
+    Normalized {
+        path: Cow::Owned(out),
+        escaped_root,
+    }
 }
 
-/// Whether a path needs no work: starts with `/`, no `%`, `;`, `//`, or
-/// dot segment.
+/// Whether a path needs no work: starts with `/`, has no `%`, `;`, `\`,
+/// empty segment (`//`) or dot segment.
 fn is_normal(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.first() != Some(&b'/') || bytes.contains(&b'%') || bytes.contains(&b';') {
+    if bytes.first() != Some(&b'/') || bytes.iter().any(|b| matches!(b, b'%' | b';' | b'\\')) {
         return false;
     }
-    !path
-        .split('/')
-        .skip(1)
-        .enumerate()
-        .any(|(i, s)| s == "." || s == ".." || (s.is_empty() && i + 2 < path.split('/').count()))
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(s) = segments.next() {
+        let last = segments.peek().is_none();
+        if s == "." || s == ".." || (s.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
-fn decode_unreserved(path: &str) -> Cow<'_, str> {
+/// Decode `%XX` where XX is an unreserved character, `/` or `\`.
+fn decode(path: &str) -> Cow<'_, str> {
     if !path.contains('%') {
         return Cow::Borrowed(path);
     }
@@ -65,23 +81,49 @@ fn decode_unreserved(path: &str) -> Cow<'_, str> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(v) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            && (v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~'))
+            && let Some(v) = hex_byte(bytes.get(i + 1..i + 3))
+            && (v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~' | b'/' | b'\\'))
         {
             out.push(v as char);
             i += 3;
             continue;
         }
-        // Not an encoded unreserved character: keep the byte as is. The
-        // path is ASCII-only on the wire, but be safe with any UTF-8.
         let ch_len = path[i..].chars().next().map_or(1, char::len_utf8);
         out.push_str(&path[i..i + ch_len]);
         i += ch_len;
     }
     Cow::Owned(out)
+}
+
+fn hex_byte(hex: Option<&[u8]>) -> Option<u8> {
+    let hex = std::str::from_utf8(hex?).ok()?;
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Fully percent-decode a query string for matching, if it holds escapes.
+pub fn decode_query(query: &str) -> Option<Vec<u8>> {
+    if !query.contains('%') && !query.contains('+') {
+        return None;
+    }
+    let bytes = query.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                if let Some(v) = hex_byte(bytes.get(i + 1..i + 3)) {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -102,34 +144,51 @@ mod tests {
             "/x/..;/.env",
             "///.env",
             "/%2e/.env",
+            "/a/..%2f.env",
+            "/a/..%2F.env",
+            "/a\\..\\.env",
+            "/a/..%5c.env",
         ] {
-            assert_eq!(normalize(tricky), "/.env", "{tricky}");
+            assert_eq!(normalize(tricky).path, "/.env", "{tricky}");
         }
+    }
+
+    #[test]
+    fn climbing_above_the_root_is_noticed() {
+        assert!(normalize("/cgi-bin/.%2e/.%2e/.%2e/.%2e/bin/sh").escaped_root);
+        assert!(normalize("/..").escaped_root);
+        assert!(normalize("/..%5c..%5cwindows%5cwin.ini").escaped_root);
+        assert!(!normalize("/a/../b").escaped_root);
+        assert!(!normalize("/a/b").escaped_root);
     }
 
     #[test]
     fn ordinary_paths_are_borrowed_unchanged() {
         for plain in ["/", "/a", "/a/b/", "/products/7", "/a.b/c..d"] {
-            assert!(
-                matches!(normalize(plain), Cow::Borrowed(p) if p == plain),
-                "{plain}"
-            );
+            let n = normalize(plain);
+            assert!(matches!(n.path, Cow::Borrowed(p) if p == plain), "{plain}");
         }
     }
 
     #[test]
-    fn reserved_escapes_stay_encoded_and_edges_hold() {
+    fn other_escapes_stay_encoded_and_edges_hold() {
+        assert_eq!(normalize("/a%20b").path, "/a%20b");
+        assert_eq!(normalize("/a%zz").path, "/a%zz");
+        assert_eq!(normalize("/a%").path, "/a%");
+        assert_eq!(normalize("/a/").path, "/a/");
+        assert_eq!(normalize("/a/b/..").path, "/a/");
+        assert_eq!(normalize("").path, "/");
+        assert_eq!(normalize("..").path, "/");
+        assert_eq!(normalize("/é%41").path, "/éA");
+    }
+
+    #[test]
+    fn queries_decode_for_matching() {
         assert_eq!(
-            normalize("/a%2Fb"),
-            "/a%2Fb",
-            "an encoded slash is not a separator"
+            decode_query("f=..%2f..%2fetc%2fpasswd").unwrap(),
+            b"f=../../etc/passwd"
         );
-        assert_eq!(normalize("/a%zz"), "/a%zz");
-        assert_eq!(normalize("/a%"), "/a%");
-        assert_eq!(normalize("/a/"), "/a/");
-        assert_eq!(normalize("/a/b/.."), "/a/");
-        assert_eq!(normalize(""), "/");
-        assert_eq!(normalize(".."), "/");
-        assert_eq!(normalize("/é%41"), "/éA");
+        assert_eq!(decode_query("q=a+b%zz").unwrap(), b"q=a b%zz");
+        assert_eq!(decode_query("plain=1"), None);
     }
 }

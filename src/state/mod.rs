@@ -51,7 +51,9 @@ impl WindowCounter {
         let mut c = *self;
         c.roll(now, window);
         let now = now.max(c.start);
-        let into = (now - c.start) as f64 / window.max(1) as f64;
+        // Seconds are whole: at `start` the current window already covers
+        // one second, so the previous one overlaps by window - 1.
+        let into = f64::from(now - c.start + 1) / f64::from(window.max(1));
         let earlier = f64::from(c.previous) * (1.0 - into.clamp(0.0, 1.0));
         c.current.saturating_add(earlier.ceil() as u32)
     }
@@ -80,7 +82,7 @@ pub const RATE_WINDOWS: [u32; 4] = [1, 10, 60, 300];
 /// The window of the response-status counters, in seconds.
 pub const STATUS_WINDOW: u32 = 60;
 
-/// What is remembered about one client (about 100 bytes).
+/// What is remembered about one client (about 110 bytes).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ClientRecord {
     /// Requests, over 1 s, 10 s, 60 s and 5 min.
@@ -89,6 +91,8 @@ pub struct ClientRecord {
     pub status_4xx: WindowCounter,
     /// Upstream answers with 404, over 60 s.
     pub status_404: WindowCounter,
+    /// Upstream answers with 401 or 403, over 60 s.
+    pub status_auth: WindowCounter,
     /// Upstream answers, over 60 s (the denominator of ratios).
     pub answered: WindowCounter,
     /// Credentials presented that failed verification.
@@ -111,6 +115,9 @@ impl ClientRecord {
         }
         if status == 404 {
             self.status_404.add(now, STATUS_WINDOW);
+        }
+        if status == 401 || status == 403 {
+            self.status_auth.add(now, STATUS_WINDOW);
         }
     }
 }
@@ -163,9 +170,25 @@ mod tests {
             c.add(t, 60);
         }
         assert_eq!(c.count(1010, 60), 10);
-        // Half way into the next window, half the old window still counts.
+        // Half way into the next window, about half the old window still
+        // counts.
         let next = 1020 + 30;
         assert_eq!(c.count(next, 60), 5);
+        // A steady rate is counted once, not twice.
+        let mut steady = WindowCounter::default();
+        for t in 0..100 {
+            for _ in 0..10 {
+                steady.add(t, 1);
+            }
+        }
+        assert_eq!(steady.count(99, 1), 10, "10 req/s is 10 in the last second");
+        let mut steady10 = WindowCounter::default();
+        for t in 0..100 {
+            for _ in 0..10 {
+                steady10.add(t, 10);
+            }
+        }
+        assert_eq!(steady10.count(99, 10), 100);
         assert_eq!(c.count(1200, 60), 0, "two windows later nothing is left");
         let mut late = WindowCounter::default();
         for _ in 0..5 {

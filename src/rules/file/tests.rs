@@ -76,6 +76,10 @@ impl Req {
         self.signals.rates = rates;
         self
     }
+    fn auth_statuses(mut self, n: u32) -> Self {
+        self.signals.status_401_403_60s = n;
+        self
+    }
     fn statuses(mut self, answered: u32, s4xx: u32, s404: u32) -> Self {
         self.signals.answered_60s = answered;
         self.signals.status_4xx_60s = s4xx;
@@ -239,6 +243,58 @@ fn path_tricks_do_not_slip_past_a_path_rule() {
 }
 
 #[test]
+fn hostile_bytes_and_encodings_do_not_hide_from_rules() {
+    let rules = rules_from(
+        r#"
+[[rule]]
+name = "tool"
+when.user_agent = '(?i)sqlmap'
+class = "malicious_bot"
+
+[[rule]]
+name = "jndi"
+when.any_header = '(?i)\$\{jndi:'
+action = "deny"
+
+[[rule]]
+name = "traversal"
+when.any = [{ path_escapes_root = true }, { query = '\.\./\.\./' }]
+action = "deny"
+"#,
+    )
+    .unwrap();
+    let mut b = http::Request::builder().uri("/");
+    b = b.header(
+        "user-agent",
+        http::HeaderValue::from_bytes(b"sqlmap/1.8\xff").unwrap(),
+    );
+    let (parts, ()) = b.body(()).unwrap().into_parts();
+    let ip = "192.0.2.1".parse().unwrap();
+    let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+    let out = rules.evaluate(&facts, &Identity::Anonymous, &Signals::default());
+    assert_eq!(
+        out.class,
+        Some(Class::MaliciousBot),
+        "a stray byte does not hide the tool"
+    );
+    assert_eq!(
+        req("/")
+            .header("x-forwarded-host", "${jndi:ldap://x/a}")
+            .against(&rules),
+        ["jndi"]
+    );
+    assert_eq!(
+        req("/cgi-bin/.%2e/.%2e/.%2e/bin/sh").against(&rules),
+        ["traversal"]
+    );
+    assert_eq!(
+        req("/f?name=..%2f..%2fetc%2fpasswd").against(&rules),
+        ["traversal"]
+    );
+    assert!(req("/docs/../index.html?page=2").against(&rules).is_empty());
+}
+
+#[test]
 fn thresholds_and_shadow_mode() {
     let rules = rules_from(
         r#"
@@ -301,7 +357,7 @@ fn errors_point_at_file_line_and_rule() {
         ),
         (
             "[[rule]]\nname = \"x\"\nscore = 1\n[[rule]]\nname = \"x\"\nscore = 2",
-            "twice",
+            "r.toml:5:",
         ),
         ("[[rule]]\nname = \"x\"\nclass = \"robot\"", "r.toml:3:"),
         (
@@ -311,6 +367,19 @@ fn errors_point_at_file_line_and_rule() {
         (
             "[[rule]]\nname = \"x\"\nscore = 1\nwhen.ip_file = \"missing.txt\"",
             "r.toml:4:",
+        ),
+        (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.path = []",
+            "r.toml:4:",
+        ),
+        ("[thresholds]\nbot = 0", "positive"),
+        (
+            "[thresholds]\naction.public_visitor = \"limit\"",
+            "no quota",
+        ),
+        (
+            "[limits]\npublic_visitor = { rate = \"1/s\" }\nmalicious_bot = { rate = \"lots\" }",
+            "r.toml:3:",
         ),
     ] {
         let e = rules_from(text)
@@ -376,18 +445,27 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
     };
     let cases: Vec<(&str, Req, Req)> = vec![
         ("probe-secrets", req("/%2e%2e/.env").header("accept-language", "en"), req("/environment").header("accept-language", "en")),
+        ("probe-secrets", req("/app/.ENV.bak").header("accept-language", "en"), req("/.github/workflows/ci.yml").header("accept-language", "en")),
         ("probe-admin-tools", req("/phpMyAdmin/index.php").header("accept-language", "en"), req("/admin/users").header("accept-language", "en")),
+        ("probe-admin-tools", req("/admin/phpMyAdmin-5.2.1/").header("accept-language", "en"), req("/docs/using-phpmyadmin").header("accept-language", "en")),
         ("probe-traversal-and-injection", req("/download?file=../../../etc/passwd").header("accept-language", "en"), req("/download?file=report.pdf").header("accept-language", "en")),
+        ("probe-traversal-and-injection", req("/f?p=..%2f..%2fetc%2fpasswd").header("accept-language", "en"), req("/f?p=2024%2F01").header("accept-language", "en")),
+        ("probe-traversal-and-injection", req("/cgi-bin/.%2e/.%2e/.%2e/bin/sh").header("accept-language", "en"), req("/cgi-bin/status").header("accept-language", "en")),
+        ("probe-traversal-and-injection", req("/").header("x-api-version", "${jndi:ldap://x/a}").header("accept-language", "en"), req("/").header("x-api-version", "2").header("accept-language", "en")),
         ("probe-traversal-and-injection", req("/").header("user-agent", "${jndi:ldap://x/a}").header("accept-language", "en"), person()),
         ("probe-wordpress", req("/wp-login.php").header("accept-language", "en"), req("/blog/post-1").header("accept-language", "en")),
         ("scanner-tools", req("/").header("user-agent", "sqlmap/1.8.2#stable (https://sqlmap.org)"), person()),
         ("scanner-tools", req("/").header("user-agent", "Mozilla/5.0 (compatible; Nuclei - Open-source project (github.com/projectdiscovery/nuclei))"), req("/").header("user-agent", "Mozilla/5.0 (compatible; NucleusBrowser)")),
         ("http-library", req("/").header("user-agent", "python-requests/2.32.3"), req("/").header("user-agent", "python-requests/2.32.3").identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into() })),
         ("http-library", req("/").header("user-agent", "Go-http-client/1.1"), person()),
+        ("http-library", req("/").header("user-agent", "Java-http-client/17.0.2"), person()),
+        ("http-library", req("/").header("user-agent", "Mozilla/5.0"), person()),
         ("headless-browser", req("/").header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/131.0.0.0 Safari/537.36"), person()),
         ("no-user-agent", req("/").no_user_agent(), person()),
         ("browser-without-accept-language", req("/").header("user-agent", browser), person()),
         ("credential-stuffing", req("/login").auth_failures(12), req("/login").auth_failures(3)),
+        ("login-brute-force", req("/api/login").method("POST").auth_statuses(12), req("/api/login").method("POST").auth_statuses(4)),
+        ("login-brute-force", req("/session").method("POST").auth_statuses(12), req("/session").auth_statuses(12)),
         ("scraping-burst", person().rates([25, 250, 250, 250]), person().rates([30, 120, 400, 900])),
         (
             "scraping-burst",
