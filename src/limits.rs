@@ -123,14 +123,22 @@ impl Limits {
     }
 
     /// Take one request from the client's quota for its class: `Err` with
-    /// how long to wait when it is spent. A class without a quota is never
-    /// limited.
-    pub fn check(&self, class: Class, client: IpAddr) -> Result<(), Duration> {
+    /// how long to wait when it is spent. A verified subject has its own
+    /// quota wherever it connects from (accounts behind one NAT do not
+    /// share); others are counted by address. A class without a quota is
+    /// never limited.
+    pub fn check(
+        &self,
+        class: Class,
+        client: IpAddr,
+        subject: Option<&str>,
+    ) -> Result<(), Duration> {
         let Some(limiter) = &self.per_class[class.index()] else {
             return Ok(());
         };
+        let key = subject.map_or_else(|| ClientKey::of(client), ClientKey::of_subject);
         limiter
-            .check_key(&ClientKey::of(client))
+            .check_key(&key)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
@@ -162,17 +170,21 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
-            assert!(limits.check(Class::MaliciousBot, a).is_ok());
+            assert!(limits.check(Class::MaliciousBot, a, None).is_ok());
         }
-        let wait = limits.check(Class::MaliciousBot, a).unwrap_err();
+        let wait = limits.check(Class::MaliciousBot, a, None).unwrap_err();
         assert!(wait > Duration::from_secs(1000), "{wait:?}");
         assert!(
-            limits.check(Class::MaliciousBot, b).is_ok(),
+            limits.check(Class::MaliciousBot, b, None).is_ok(),
             "another client has its own quota"
+        );
+        assert!(
+            limits.check(Class::MaliciousBot, a, Some("alice")).is_ok(),
+            "an account behind the same address has its own quota"
         );
         for _ in 0..100 {
             assert!(
-                limits.check(Class::PublicVisitor, a).is_ok(),
+                limits.check(Class::PublicVisitor, a, None).is_ok(),
                 "no quota, no limit"
             );
         }

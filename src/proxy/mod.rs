@@ -141,6 +141,7 @@ impl Proxy {
         let verdict = classification.verdict;
         self.metrics.count_request(verdict.class, verdict.action);
         let (class, action) = (verdict.class, verdict.action);
+        let subject = verdict.subject.clone();
         let labels = headers::LabelValues::new(&verdict);
         let log = self
             .access_log
@@ -152,7 +153,12 @@ impl Proxy {
         match action {
             Action::Forward => {}
             Action::Limit => {
-                if let Err(wait) = settings.classifier.limits().check(class, client_ip) {
+                if let Err(wait) =
+                    settings
+                        .classifier
+                        .limits()
+                        .check(class, client_ip, subject.as_deref())
+                {
                     self.metrics.count_rate_limited(class);
                     return Ok(too_many_requests(wait, done));
                 }

@@ -18,6 +18,23 @@ pub const AUTH_FAILURE_WINDOW: u32 = 300;
 pub struct ClientKey(u128);
 
 impl ClientKey {
+    /// The key of a verified subject, apart from every address key: IPv4
+    /// keys have their high 64 bits zero, IPv6 keys (a /64) their low 64
+    /// bits zero; a subject's key has both halves non-zero.
+    pub fn of_subject(subject: &str) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // A fixed-key hash: the same subject keys the same record in
+        // every run and replica.
+        let hash = |seed: u64| {
+            let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+            h.write_u64(seed);
+            h.write(subject.as_bytes());
+            h.finish()
+        };
+        let high = u128::from(hash(0x0075_7368_6572) | 1) << 64;
+        ClientKey(high | u128::from(hash(0x7375_626a) | 1))
+    }
+
     /// The key of a client address.
     pub fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
@@ -161,6 +178,22 @@ mod tests {
             ClientKey::of(v4),
             ClientKey::of("192.0.2.2".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn subject_keys_are_stable_and_apart_from_addresses() {
+        assert_eq!(
+            ClientKey::of_subject("alice"),
+            ClientKey::of_subject("alice")
+        );
+        assert_ne!(ClientKey::of_subject("alice"), ClientKey::of_subject("bob"));
+        let v4 = ClientKey::of("192.0.2.1".parse().unwrap());
+        let v6 = ClientKey::of("2001:db8::1".parse().unwrap());
+        assert_eq!(v4.0 >> 64, 0);
+        assert_eq!(v6.0 as u64, 0);
+        let alice = ClientKey::of_subject("alice").0;
+        assert_ne!(alice >> 64, 0);
+        assert_ne!(alice as u64, 0);
     }
 
     #[test]
