@@ -20,6 +20,16 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub struct Cidr(IpNet);
 
 impl Cidr {
+    /// The first address of the block.
+    pub fn network(&self) -> IpAddr {
+        self.0.network()
+    }
+
+    /// The last address of the block.
+    pub fn broadcast(&self) -> IpAddr {
+        self.0.broadcast()
+    }
+
     /// Whether `ip` lies inside this block.
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.contains(ip)

@@ -7,8 +7,8 @@ use http::{HeaderName, Method};
 use regex::RegexSet;
 use regex::bytes::{Regex as BytesRegex, RegexSet as BytesRegexSet};
 
+use super::netset::NetSet;
 use crate::facts::Facts;
-use crate::forwarded::Cidr;
 use crate::identity::Identity;
 use crate::signals::Signals;
 use crate::verdict::Class;
@@ -191,7 +191,7 @@ pub enum Condition {
     /// The request has no usable `User-Agent`.
     UserAgentMissing,
     /// The client address is in one of these networks.
-    Ip(Vec<Cidr>),
+    Ip(NetSet),
     /// The identity is of one of these kinds.
     Identity(Vec<IdentityKind>),
     /// The identity alone earns one of these classes.
@@ -253,7 +253,7 @@ impl Condition {
             Condition::UserAgent(set) => facts.user_agent.is_some_and(|ua| set.is_match(ua)),
             Condition::UserAgentContains(ac) => facts.user_agent.is_some_and(|ua| ac.is_match(ua)),
             Condition::UserAgentMissing => input.signals.user_agent_missing,
-            Condition::Ip(nets) => nets.iter().any(|n| n.contains(&facts.client_ip)),
+            Condition::Ip(nets) => nets.contains(facts.client_ip),
             Condition::Identity(kinds) => kinds.contains(&IdentityKind::of(input.identity)),
             Condition::IdentityClass(classes) => classes.contains(&input.identity.class()),
             Condition::Signal(name, cmp) => cmp.holds(name.value(input.signals)),

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::condition::{Comparison, Condition, IdentityKind, SignalName};
+use super::netset::NetSet;
 use super::{Effect, Mode, Rule, RuleSet};
 use crate::config::{ConfigError, OneOrMany, Origin, parse_toml};
 use crate::forwarded::Cidr;
@@ -524,13 +525,12 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         for item in &list {
             nets.push(item.parse::<Cidr>().or_else(|e| at(span.clone(), e))?);
         }
-        all.push(Condition::Ip(nets));
+        all.push(Condition::Ip(NetSet::new(&nets)));
     }
     if let Some(f) = when.ip_file {
         let span = f.span();
-        all.push(Condition::Ip(
-            ip_list(&dir.join(f.get_ref())).or_else(|e| at(span, e))?,
-        ));
+        let nets = ip_list(&dir.join(f.get_ref())).or_else(|e| at(span, e))?;
+        all.push(Condition::Ip(NetSet::new(&nets)));
     }
     if let Some(v) = when.identity {
         let (span, list) = strings(v)?;

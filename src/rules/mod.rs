@@ -3,6 +3,7 @@
 
 pub mod condition;
 pub mod file;
+pub mod netset;
 pub mod path;
 
 use std::sync::Arc;
