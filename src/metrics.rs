@@ -134,6 +134,15 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Register a metric and hand it back.
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> Result<M, prometheus::Error> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
+}
+
 /// Buckets for whole requests and upstream latency, in seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -160,131 +169,159 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
 
-        let requests_vec = IntCounterVec::new(
-            Opts::new(
-                "usher_requests_total",
-                "Requests classified, by class and action.",
-            ),
-            &["class", "action"],
+        let requests_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_requests_total",
+                    "Requests classified, by class and action.",
+                ),
+                &["class", "action"],
+            )?,
         )?;
-        registry.register(Box::new(requests_vec.clone()))?;
         let requests = Class::ALL.map(|class| {
             Action::ALL
                 .map(|action| requests_vec.with_label_values(&[class.as_str(), action.as_str()]))
         });
 
-        let duration_vec = HistogramVec::new(
-            HistogramOpts::new(
-                "usher_request_duration_seconds",
-                "Time from receiving a request head to the end of the response, by class.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["class"],
+        let duration_vec = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "usher_request_duration_seconds",
+                    "Time from receiving a request head to the end of the response, by class.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["class"],
+            )?,
         )?;
-        registry.register(Box::new(duration_vec.clone()))?;
         let request_duration = Class::ALL.map(|c| duration_vec.with_label_values(&[c.as_str()]));
 
-        let classify_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "usher_classify_duration_seconds",
-                "Time spent classifying one request.",
-            )
-            .buckets(CLASSIFY_BUCKETS.to_vec()),
+        let classify_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "usher_classify_duration_seconds",
+                    "Time spent classifying one request.",
+                )
+                .buckets(CLASSIFY_BUCKETS.to_vec()),
+            )?,
         )?;
-        registry.register(Box::new(classify_duration.clone()))?;
 
-        let upstream_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "usher_upstream_duration_seconds",
-                "Time from sending a request upstream to its response head.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let upstream_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "usher_upstream_duration_seconds",
+                    "Time from sending a request upstream to its response head.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
         )?;
-        registry.register(Box::new(upstream_duration.clone()))?;
 
-        let errors_vec = IntCounterVec::new(
-            Opts::new(
-                "usher_upstream_errors_total",
-                "Requests the upstream failed, by kind.",
-            ),
-            &["kind"],
+        let errors_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_upstream_errors_total",
+                    "Requests the upstream failed, by kind.",
+                ),
+                &["kind"],
+            )?,
         )?;
-        registry.register(Box::new(errors_vec.clone()))?;
         let upstream_errors =
             UpstreamError::ALL.map(|k| errors_vec.with_label_values(&[k.as_str()]));
 
-        let verifications_vec = IntCounterVec::new(
-            Opts::new(
-                "usher_identity_verifications_total",
-                "Credentials checked, by source and result (ok or why they failed).",
-            ),
-            &["source", "result"],
+        let verifications_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_identity_verifications_total",
+                    "Credentials checked, by source and result (ok or why they failed).",
+                ),
+                &["source", "result"],
+            )?,
         )?;
-        registry.register(Box::new(verifications_vec.clone()))?;
         let verifications = Source::ALL.map(|source| {
             std::array::from_fn(|i| {
                 verifications_vec.with_label_values(&[source.as_str(), verification_result(i)])
             })
         });
 
-        let connections_active = IntGauge::new(
-            "usher_connections_active",
-            "Client connections currently open.",
+        let connections_active = register(
+            &registry,
+            IntGauge::new(
+                "usher_connections_active",
+                "Client connections currently open.",
+            )?,
         )?;
-        registry.register(Box::new(connections_active.clone()))?;
 
-        let upgrades_active = IntGauge::new(
-            "usher_upgrades_active",
-            "Upgraded connections (WebSocket) currently tunnelled.",
+        let upgrades_active = register(
+            &registry,
+            IntGauge::new(
+                "usher_upgrades_active",
+                "Upgraded connections (WebSocket) currently tunnelled.",
+            )?,
         )?;
-        registry.register(Box::new(upgrades_active.clone()))?;
 
-        let access_log_dropped = IntCounter::new(
-            "usher_access_log_dropped_total",
-            "Access log lines dropped because standard output could not keep up.",
+        let access_log_dropped = register(
+            &registry,
+            IntCounter::new(
+                "usher_access_log_dropped_total",
+                "Access log lines dropped because standard output could not keep up.",
+            )?,
         )?;
-        registry.register(Box::new(access_log_dropped.clone()))?;
 
-        let client_aborts = IntCounter::new(
-            "usher_client_aborts_total",
-            "Requests whose client broke off the request body before it reached the upstream.",
+        let client_aborts = register(
+            &registry,
+            IntCounter::new(
+                "usher_client_aborts_total",
+                "Requests whose client broke off the request body before it reached the upstream.",
+            )?,
         )?;
-        registry.register(Box::new(client_aborts.clone()))?;
 
-        let jwks_vec = IntCounterVec::new(
-            Opts::new(
-                "usher_jwks_refreshes_total",
-                "JWKS fetches from issuers' URLs, by result (ok or error).",
-            ),
-            &["result"],
+        let jwks_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_jwks_refreshes_total",
+                    "JWKS fetches from issuers' URLs, by result (ok or error).",
+                ),
+                &["result"],
+            )?,
         )?;
-        registry.register(Box::new(jwks_vec.clone()))?;
         let jwks = crate::identity::jwks::JwksMetrics {
             ok: jwks_vec.with_label_values(&["ok"]),
             error: jwks_vec.with_label_values(&["error"]),
         };
 
-        let session_cache = IntCounterVec::new(
-            Opts::new(
-                "usher_session_cache_total",
-                "Session lookups, by whether the cache answered (hit) or the application was asked (miss).",
-            ),
-            &["result"],
+        let session_cache = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_session_cache_total",
+                    "Session lookups, by whether the cache answered (hit) or the application was asked (miss).",
+                ),
+                &["result"],
+            )?,
         )?;
-        registry.register(Box::new(session_cache.clone()))?;
-        let session_unavailable = IntCounter::new(
-            "usher_session_introspection_failures_total",
-            "Session introspection calls that failed or timed out; those requests went on as anonymous.",
+        let session_unavailable = register(
+            &registry,
+            IntCounter::new(
+                "usher_session_introspection_failures_total",
+                "Session introspection calls that failed or timed out; those requests went on as anonymous.",
+            )?,
         )?;
-        registry.register(Box::new(session_unavailable.clone()))?;
-        let session_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "usher_session_introspection_duration_seconds",
-                "Time of session introspection calls to the application.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+        let session_latency = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "usher_session_introspection_duration_seconds",
+                    "Time of session introspection calls to the application.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
         )?;
-        registry.register(Box::new(session_latency.clone()))?;
         let sessions = crate::identity::session::SessionMetrics {
             cache_hits: session_cache.with_label_values(&["hit"]),
             cache_misses: session_cache.with_label_values(&["miss"]),
@@ -292,51 +329,63 @@ impl Metrics {
             latency: session_latency,
         };
 
-        let rule_matches = IntCounterVec::new(
-            Opts::new(
-                "usher_rule_matches_total",
-                "Rule matches, by rule name and mode (enforce or shadow).",
-            ),
-            &["rule", "mode"],
+        let rule_matches = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_rule_matches_total",
+                    "Rule matches, by rule name and mode (enforce or shadow).",
+                ),
+                &["rule", "mode"],
+            )?,
         )?;
-        registry.register(Box::new(rule_matches.clone()))?;
-        let bot_score = Histogram::with_opts(
-            HistogramOpts::new("usher_bot_score", "Bot score of classified requests.").buckets(
-                vec![
-                    0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 150.0, 200.0,
-                    300.0,
-                ],
-            ),
+        let bot_score = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("usher_bot_score", "Bot score of classified requests.").buckets(
+                    vec![
+                        0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0, 150.0,
+                        200.0, 300.0,
+                    ],
+                ),
+            )?,
         )?;
-        registry.register(Box::new(bot_score.clone()))?;
-        let rate_limited_vec = IntCounterVec::new(
-            Opts::new(
-                "usher_rate_limited_total",
-                "Requests answered 429 because their class quota was spent, by class.",
-            ),
-            &["class"],
+        let rate_limited_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_rate_limited_total",
+                    "Requests answered 429 because their class quota was spent, by class.",
+                ),
+                &["class"],
+            )?,
         )?;
-        registry.register(Box::new(rate_limited_vec.clone()))?;
         let rate_limited = Class::ALL.map(|c| rate_limited_vec.with_label_values(&[c.as_str()]));
-        let tracked_clients = IntGauge::new(
-            "usher_tracked_clients",
-            "Clients (addresses; IPv6 by /64) in the client state.",
+        let tracked_clients = register(
+            &registry,
+            IntGauge::new(
+                "usher_tracked_clients",
+                "Clients (addresses; IPv6 by /64) in the client state.",
+            )?,
         )?;
-        registry.register(Box::new(tracked_clients.clone()))?;
-        let state_evictions = IntCounter::new(
-            "usher_state_evictions_total",
-            "Client records forgotten to make room for new clients.",
+        let state_evictions = register(
+            &registry,
+            IntCounter::new(
+                "usher_state_evictions_total",
+                "Client records forgotten to make room for new clients.",
+            )?,
         )?;
-        registry.register(Box::new(state_evictions.clone()))?;
 
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "usher_build_info",
-                "Always 1; the version of the running usher.",
-            ),
-            &["version"],
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "usher_build_info",
+                    "Always 1; the version of the running usher.",
+                ),
+                &["version"],
+            )?,
         )?;
-        registry.register(Box::new(build_info.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);

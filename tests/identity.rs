@@ -77,10 +77,6 @@ async fn seen_with(usher: &Usher, token: Option<&str>) -> (u16, Option<Value>) {
     (parts.status.as_u16(), serde_json::from_slice(&body).ok())
 }
 
-fn label<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
-    seen["headers"][name].get(0).and_then(Value::as_str)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn all_four_trusted_classes_reach_the_upstream() {
     let up = upstream(echo).await;

@@ -17,10 +17,6 @@ fn json(body: &Bytes) -> Value {
     serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {body:?}"))
 }
 
-fn header<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
-    seen["headers"][name].get(0).and_then(Value::as_str)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn get_is_forwarded_with_labels_and_forwarding_headers() {
     let up = upstream(echo).await;
@@ -31,18 +27,18 @@ async fn get_is_forwarded_with_labels_and_forwarding_headers() {
     assert_eq!(seen["method"], "GET");
     assert_eq!(seen["uri"], "/products/7?color=red");
     assert_eq!(
-        header(&seen, "host"),
+        label(&seen, "host"),
         Some(usher.proxy.to_string().as_str()),
         "Host preserved"
     );
-    assert_eq!(header(&seen, "x-usher-class"), Some("public_visitor"));
-    assert_eq!(header(&seen, "x-usher-score"), Some("0"));
-    assert_eq!(header(&seen, "x-usher-reasons"), Some(""));
-    assert_eq!(header(&seen, "x-usher-subject"), None);
-    assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+    assert_eq!(label(&seen, "x-usher-score"), Some("0"));
+    assert_eq!(label(&seen, "x-usher-reasons"), Some(""));
+    assert_eq!(label(&seen, "x-usher-subject"), None);
+    assert_eq!(label(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(label(&seen, "x-forwarded-proto"), Some("http"));
     assert_eq!(
-        header(&seen, "x-forwarded-host"),
+        label(&seen, "x-forwarded-host"),
         Some(usher.proxy.to_string().as_str())
     );
 
@@ -153,9 +149,9 @@ async fn hop_by_hop_and_forged_labels_never_reach_either_side() {
     );
     assert_eq!(seen["headers"]["x-usher-score"], serde_json::json!(["0"]));
     assert_eq!(seen["headers"]["x-usher-reasons"], serde_json::json!([""]));
-    assert_eq!(header(&seen, "te"), Some("trailers"));
-    assert_eq!(header(&seen, "x-kept"), Some("yes"));
-    assert_eq!(header(&seen, "host"), Some("site.example"));
+    assert_eq!(label(&seen, "te"), Some("trailers"));
+    assert_eq!(label(&seen, "x-kept"), Some("yes"));
+    assert_eq!(label(&seen, "host"), Some("site.example"));
 
     let response_names: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
@@ -186,11 +182,11 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored_and_replaced() {
         .unwrap();
     let (_, body) = send(req).await;
     let seen = json(&body);
-    assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
-    assert_eq!(header(&seen, "x-real-ip"), Some("127.0.0.1"));
-    assert_eq!(header(&seen, "true-client-ip"), None);
-    assert_eq!(header(&seen, "x-forwarded-proto"), Some("http"));
-    assert_eq!(header(&seen, "forwarded"), None);
+    assert_eq!(label(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(label(&seen, "x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(label(&seen, "true-client-ip"), None);
+    assert_eq!(label(&seen, "x-forwarded-proto"), Some("http"));
+    assert_eq!(label(&seen, "forwarded"), None);
     let log = usher.wait_access_log(1).await;
     assert_eq!(
         log[0]["client_ip"], "127.0.0.1",
@@ -219,13 +215,13 @@ async fn forwarded_for_from_a_trusted_proxy_names_the_client() {
         let (_, body) = send(req).await;
         let seen = json(&body);
         assert_eq!(
-            header(&seen, "x-forwarded-for").unwrap(),
+            label(&seen, "x-forwarded-for").unwrap(),
             format!("{client}, 127.0.0.1"),
             "the upstream sees the resolved client, never the client's own claims"
         );
-        assert_eq!(header(&seen, "x-real-ip"), Some(client));
+        assert_eq!(label(&seen, "x-real-ip"), Some(client));
         assert_eq!(
-            header(&seen, "x-forwarded-proto"),
+            label(&seen, "x-forwarded-proto"),
             Some("https"),
             "kept from a trusted proxy"
         );
@@ -383,17 +379,10 @@ async fn http2_prior_knowledge_client_is_served() {
         assert_eq!(seen["uri"], format!("/h2/{i}"));
         assert_eq!(seen["version"], "HTTP/1.1", "upstream speaks HTTP/1.1");
         assert_eq!(seen["body_len"], 100_000);
-        assert_eq!(
-            header(&seen, "host"),
-            Some(usher.proxy.to_string().as_str())
-        );
-        assert_eq!(header(&seen, "x-usher-class"), Some("public_visitor"));
-        assert_eq!(header(&seen, "x-usher-subject"), None, "forged over HTTP/2");
-        assert_eq!(
-            header(&seen, "x-usher-anything"),
-            None,
-            "forged over HTTP/2"
-        );
+        assert_eq!(label(&seen, "host"), Some(usher.proxy.to_string().as_str()));
+        assert_eq!(label(&seen, "x-usher-class"), Some("public_visitor"));
+        assert_eq!(label(&seen, "x-usher-subject"), None, "forged over HTTP/2");
+        assert_eq!(label(&seen, "x-usher-anything"), None, "forged over HTTP/2");
         assert_eq!(seen["headers"]["cookie"], serde_json::json!(["a=1; b=2"]));
     }
 }
@@ -614,9 +603,9 @@ async fn conflicting_length_headers_cannot_smuggle_a_request() {
     let seen = json(&Bytes::from(body));
     assert_eq!(seen["uri"], "/a");
     assert_eq!(seen["body_len"], 3);
-    assert_ne!(header(&seen, "content-length"), Some("60"));
+    assert_ne!(label(&seen, "content-length"), Some("60"));
     assert_eq!(
-        header(&seen, "transfer-encoding"),
+        label(&seen, "transfer-encoding"),
         Some("chunked"),
         "re-framed by usher"
     );
@@ -647,11 +636,11 @@ async fn rfc7239_forwarded_is_read_when_configured() {
     let log = usher.wait_access_log(1).await;
     assert_eq!(log[0]["client_ip"], "2001:db8::9");
     assert_eq!(
-        header(&seen, "x-forwarded-for"),
+        label(&seen, "x-forwarded-for"),
         Some("2001:db8::9, 127.0.0.1"),
         "the unread X-Forwarded-For cannot smuggle 6.6.6.6 to the upstream"
     );
-    assert_eq!(header(&seen, "forwarded"), None);
+    assert_eq!(label(&seen, "forwarded"), None);
 }
 
 #[tokio::test(flavor = "multi_thread")]

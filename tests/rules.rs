@@ -27,10 +27,6 @@ async fn ask(usher: &Usher, path: &str, headers: &[(&str, &str)]) -> (u16, Optio
     )
 }
 
-fn label<'a>(seen: &'a Value, name: &str) -> Option<&'a str> {
-    seen["headers"][name].get(0).and_then(Value::as_str)
-}
-
 const BROWSER: [(&str, &str); 2] = [
     (
         "user-agent",

@@ -492,3 +492,10 @@ pub fn promtool_check(metrics: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The first value of a header the echo upstream saw.
+pub fn label<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    seen["headers"][name]
+        .get(0)
+        .and_then(serde_json::Value::as_str)
+}
