@@ -309,7 +309,7 @@ impl Metrics {
             &registry,
             IntCounter::new(
                 "usher_session_introspection_failures_total",
-                "Session introspection calls that failed or timed out; those requests went on as anonymous.",
+                "Session lookups that failed or timed out; those requests went on as anonymous.",
             )?,
         )?;
         let session_latency = register(

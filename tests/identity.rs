@@ -360,6 +360,7 @@ jwks_min_refetch = "1s"
     // jwks_min_refetch, not one per token.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let before = fetches.load(Ordering::SeqCst);
+    let storm = std::time::Instant::now();
     for i in 0..60 {
         assert_eq!(
             class_of(rotating_token("rsa2.key.pem", &format!("nope{i}"))).await,
@@ -368,7 +369,13 @@ jwks_min_refetch = "1s"
     }
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let during = fetches.load(Ordering::SeqCst) - before;
-    assert!(during <= 3, "{during} fetches for 60 unknown-key tokens");
+    // At most one refetch per jwks_min_refetch (1 s), however long the
+    // storm took on a busy machine.
+    let allowed = storm.elapsed().as_secs() as usize + 2;
+    assert!(
+        during <= allowed,
+        "{during} fetches for 60 unknown-key tokens (allowed {allowed})"
+    );
     let metrics = usher.metrics().await;
     assert!(sample(&metrics, r#"usher_jwks_refreshes_total{result="ok"}"#).unwrap() >= 2.0);
 }

@@ -160,9 +160,15 @@ impl SessionResolver {
         // Each caller's own deadline: joining a lookup another request
         // started (or restarted, if that request went away) never waits
         // longer than the timeout either.
-        tokio::time::timeout(self.timeout, lookup)
-            .await
-            .unwrap_or(Lookup::Unavailable)
+        match tokio::time::timeout(self.timeout, lookup).await {
+            Ok(lookup) => lookup,
+            Err(_) => {
+                // The lookup this caller ran or joined was cut short (and
+                // with it, its own accounting): count the failure here.
+                metrics.unavailable.inc();
+                Lookup::Unavailable
+            }
+        }
     }
 
     async fn ask(&self, session: &str, metrics: &SessionMetrics) -> (Lookup, Instant) {
