@@ -218,6 +218,17 @@ pub struct Input<'a, 'f> {
 }
 
 impl Condition {
+    /// Whether the condition (or one nested in it) reads the query, so the
+    /// decoded query is worth computing.
+    pub fn reads_query(&self) -> bool {
+        match self {
+            Condition::Query(_) => true,
+            Condition::All(list) | Condition::Any(list) => list.iter().any(Condition::reads_query),
+            Condition::Not(c) => c.reads_query(),
+            _ => false,
+        }
+    }
+
     /// Whether the condition holds for a request.
     pub fn matches(&self, input: &Input<'_, '_>) -> bool {
         let facts = input.facts;

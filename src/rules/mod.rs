@@ -73,6 +73,8 @@ pub struct RuleSet {
     bot_threshold: i32,
     class_actions: [Action; Class::ALL.len()],
     tarpit_delay: std::time::Duration,
+    /// Whether any rule reads the query (decoding it is then worth it).
+    reads_query: bool,
 }
 
 impl Default for RuleSet {
@@ -88,6 +90,7 @@ impl RuleSet {
     /// A rule set evaluated in the given order.
     pub fn new(rules: Vec<Rule>, bot_threshold: i32) -> Self {
         RuleSet {
+            reads_query: rules.iter().any(|r| r.when.reads_query()),
             rules,
             bot_threshold,
             class_actions: [Action::Forward; Class::ALL.len()],
@@ -137,7 +140,11 @@ impl RuleSet {
             return out;
         }
         let normalized = path::normalize(facts.path);
-        let query_decoded = facts.query.and_then(path::decode_query);
+        let query_decoded = if self.reads_query {
+            facts.query.and_then(path::decode_query)
+        } else {
+            None
+        };
         let input = Input {
             facts,
             identity,
