@@ -23,6 +23,16 @@ fn write(text: &str) -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// `usher check` on a config whose API keys file holds `keys`; returns the
+/// exit code, stderr and the keys file's path.
+fn check_with_keys(keys: &str) -> (i32, String, String) {
+    let (dir, config) = write("[identity.api_keys]\nfile = \"keys.toml\"\n");
+    let keys_path = dir.path().join("keys.toml");
+    std::fs::write(&keys_path, keys).unwrap();
+    let (code, _, err) = run(&["check", "--config", &config]);
+    (code, err, keys_path.display().to_string())
+}
+
 #[test]
 fn help_lists_only_working_commands() {
     let (code, out, _) = run(&["--help"]);
@@ -129,15 +139,7 @@ fn keys_hash_prints_an_entry_that_check_accepts() {
         entry.contains("9e6affb5d9f7db1ae9816d651026820b5add77f044c1998b2e2758524f2f55c6"),
         "SHA-256 of the key without its newline: {entry}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("keys.toml"), &entry).unwrap();
-    std::fs::write(
-        dir.path().join("usher.toml"),
-        "[identity.api_keys]\nfile = \"keys.toml\"\n",
-    )
-    .unwrap();
-    let config = dir.path().join("usher.toml");
-    let (code, _, err) = run(&["check", "--config", config.to_str().unwrap()]);
+    let (code, err, _) = check_with_keys(&entry);
     assert_eq!(code, 0, "{err}");
 
     for bad in [&b""[..], b"\n", b"two words", &[b'k'; 600]] {
@@ -150,23 +152,10 @@ fn keys_hash_prints_an_entry_that_check_accepts() {
 
 #[test]
 fn a_broken_keys_file_is_reported_with_its_own_line() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("keys.toml"),
+    let (code, err, keys) = check_with_keys(
         "[[key]]\nsha256 = \"nothex\"\nowner = \"a\"\nclass = \"service_client\"\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("usher.toml"),
-        "[identity.api_keys]\nfile = \"keys.toml\"\n",
-    )
-    .unwrap();
-    let config = dir.path().join("usher.toml");
-    let (code, _, err) = run(&["check", "--config", config.to_str().unwrap()]);
-    assert_eq!(code, 2);
-    assert!(
-        err.contains(&format!("{}:2:", dir.path().join("keys.toml").display())),
-        "{err}"
     );
+    assert_eq!(code, 2);
+    assert!(err.contains(&format!("{keys}:2:")), "{err}");
     assert!(err.contains("sha256"), "{err}");
 }
