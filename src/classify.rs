@@ -4,6 +4,7 @@
 
 use crate::config::identity::OnInvalid;
 use crate::config::{Config, ConfigError};
+use crate::crawlers::Crawlers;
 use crate::facts::Facts;
 use crate::identity::{Identity, IdentityStage};
 use crate::limits::Limits;
@@ -34,6 +35,7 @@ pub struct Classifier {
     signals: SignalsStage,
     rules: RuleSet,
     limits: Limits,
+    crawlers: Crawlers,
 }
 
 impl Classifier {
@@ -49,6 +51,7 @@ impl Classifier {
             signals: SignalsStage::default(),
             rules,
             limits: Limits::default(),
+            crawlers: Crawlers::default(),
         }
     }
 
@@ -56,13 +59,19 @@ impl Classifier {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
         let state = Arc::new(ClientStore::new(config.state.capacity));
-        let (rules, rates) =
-            crate::rules::file::load_with_limits(&config.rules, &config.origin.dir)?;
+        let loaded = crate::rules::file::load_all(&config.rules, &config.origin.dir)?;
+        let crawlers = Crawlers::new(loaded.crawlers, &config.crawlers).map_err(|e| {
+            ConfigError::Inconsistent {
+                file: config.origin.file.clone(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(Classifier {
             identity,
             signals: SignalsStage::new(state),
-            rules,
-            limits: Limits::new(&rates, config.state.capacity),
+            rules: loaded.rules,
+            limits: Limits::new(&loaded.limits, config.state.capacity),
+            crawlers,
         })
     }
 
@@ -81,6 +90,11 @@ impl Classifier {
         &self.signals
     }
 
+    /// The crawlers whose claims are verified.
+    pub fn crawlers(&self) -> &Crawlers {
+        &self.crawlers
+    }
+
     /// The credential stage (for its background tasks).
     pub fn identity(&self) -> &IdentityStage {
         &self.identity
@@ -89,7 +103,10 @@ impl Classifier {
     /// Run every stage on one request.
     pub fn classify(&self, facts: &Facts<'_>) -> Classification {
         let identity = self.identity.identify(facts);
-        let signals = self.signals.observe(facts, &identity);
+        let mut signals = self.signals.observe(facts, &identity);
+        signals.crawler = facts
+            .crawler
+            .unwrap_or_else(|| self.crawlers.check(facts.user_agent, facts.client_ip));
         let mut outcome = self.rules.evaluate(facts, &identity, &signals);
         let mut verdict = decide(&identity, &mut outcome, &self.rules);
         if matches!(identity, Identity::Invalid { .. })

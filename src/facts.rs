@@ -31,6 +31,10 @@ pub struct Facts<'a> {
     /// What the application said about the request's session cookie, when
     /// the front door asked (see `IdentityStage::session`).
     pub session: Option<crate::identity::Identity>,
+    /// What became of a crawler claim, when the front door checked it
+    /// (see `Crawlers::verify`); otherwise the classifier checks it
+    /// without waiting.
+    pub crawler: Option<crate::crawlers::Claim>,
 }
 
 impl<'a> Facts<'a> {
@@ -57,6 +61,7 @@ impl<'a> Facts<'a> {
             peer_ip,
             now,
             session: None,
+            crawler: None,
         }
     }
 }

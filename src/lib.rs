@@ -12,6 +12,7 @@ pub mod admin;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod crawlers;
 pub mod facts;
 pub mod forwarded;
 pub mod identity;

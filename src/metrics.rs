@@ -1,6 +1,7 @@
 //! Prometheus metrics: one registry per process, with the handles the hot
 //! path needs resolved once at start (no label lookups per request).
 
+use crate::crawlers::Status;
 use std::time::Duration;
 
 use prometheus::{
@@ -122,6 +123,8 @@ pub struct Metrics {
     rule_matches: IntCounterVec,
     bot_score: Histogram,
     rate_limited: [IntCounter; Class::ALL.len()],
+    /// Crawler claims by result (verified, spoofed, unknown).
+    crawler_verifications: [IntCounter; Status::CLAIMED.len()],
     /// Clients in the client state (set at scrape time).
     pub tracked_clients: IntGauge,
     /// Client records evicted to make room (caught up at scrape time).
@@ -361,6 +364,18 @@ impl Metrics {
             )?,
         )?;
         let rate_limited = Class::ALL.map(|c| rate_limited_vec.with_label_values(&[c.as_str()]));
+        let crawler_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_crawler_verifications_total",
+                    "Requests whose user agent claims a defined crawler, by what the check found.",
+                ),
+                &["result"],
+            )?,
+        )?;
+        let crawler_verifications =
+            Status::CLAIMED.map(|s| crawler_vec.with_label_values(&[s.as_str()]));
         let tracked_clients = register(
             &registry,
             IntGauge::new(
@@ -407,6 +422,7 @@ impl Metrics {
             rule_matches,
             bot_score,
             rate_limited,
+            crawler_verifications,
             tracked_clients,
             state_evictions,
         })
@@ -445,6 +461,13 @@ impl Metrics {
             }
         }
         self.bot_score.observe(f64::from(score));
+    }
+
+    /// Count a crawler claim's result (nothing when no crawler was claimed).
+    pub fn count_crawler(&self, status: Status) {
+        if let Some(i) = Status::CLAIMED.iter().position(|s| *s == status) {
+            self.crawler_verifications[i].inc();
+        }
     }
 
     /// Count a request refused for its class quota.

@@ -30,6 +30,8 @@ pub struct Signals {
     pub status_401_403_60s: u32,
     /// Upstream answers to this client over 60 s.
     pub answered_60s: u32,
+    /// What became of a crawler claim in the user agent.
+    pub crawler: crate::crawlers::Claim,
 }
 
 /// Computes signals, keeping per-client behaviour in `state`.
@@ -74,6 +76,7 @@ impl SignalsStage {
             status_404_60s: record.status_404.count(now, STATUS_WINDOW),
             status_401_403_60s: record.status_auth.count(now, STATUS_WINDOW),
             answered_60s: record.answered.count(now, STATUS_WINDOW),
+            crawler: crate::crawlers::Claim::None,
         }
     }
 

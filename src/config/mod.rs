@@ -78,6 +78,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// Per-client state.
     pub state: StateConfig,
+    /// How crawler claims are checked by reverse DNS.
+    pub crawlers: CrawlersConfig,
     /// Where this config was read from, to resolve relative paths and
     /// place errors found after parsing.
     #[serde(skip)]
@@ -130,6 +132,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             identity: IdentityConfig::default(),
             state: StateConfig::default(),
+            crawlers: CrawlersConfig::default(),
             origin: Origin {
                 file: "<defaults>".to_owned(),
                 dir: std::path::PathBuf::from("."),
@@ -233,6 +236,54 @@ impl Default for StateConfig {
             capacity: 1_000_000,
         }
     }
+}
+
+/// Reverse DNS for crawler claims (the crawlers themselves are defined in
+/// rule files).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrawlersConfig {
+    /// DNS servers (`address` or `address:port`); empty means the system's
+    /// (`/etc/resolv.conf`).
+    #[serde(deserialize_with = "dns_servers")]
+    pub dns_servers: Vec<SocketAddr>,
+    /// The longest a request waits for a lookup; past it the request is
+    /// classified on what is known and the lookup goes on for the next.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub dns_budget: Duration,
+    /// The longest one verification (reverse then forward lookup) may take.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub dns_timeout: Duration,
+    /// How long a verification's answer is remembered.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub dns_cache_ttl: Duration,
+}
+
+impl Default for CrawlersConfig {
+    fn default() -> Self {
+        CrawlersConfig {
+            dns_servers: Vec::new(),
+            dns_budget: Duration::from_millis(100),
+            dns_timeout: Duration::from_secs(2),
+            dns_cache_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn dns_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| {
+                    s.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("`{s}` is not an address or address:port"))
+                })
+        })
+        .collect()
 }
 
 fn capacity<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

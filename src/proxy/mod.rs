@@ -124,12 +124,20 @@ impl Proxy {
             .identity()
             .session(&parts.headers, &self.metrics.sessions)
             .await;
+        let user_agent = parts.headers.get(http::header::USER_AGENT);
+        let crawler = settings
+            .classifier
+            .crawlers()
+            .verify(user_agent.map(|v| v.as_bytes()), client_ip)
+            .await;
+        self.metrics.count_crawler(crawler.status());
         // The request's time is taken after any wait, so it never lags
         // behind requests that started later.
         let now = SystemTime::now();
         let clock = Instant::now();
         let mut facts = Facts::new(&parts, peer_ip, client_ip, now);
         facts.session = session;
+        facts.crawler = Some(crawler);
         let classification = settings.classifier.classify(&facts);
         self.metrics.observe_classify(clock.elapsed());
         self.metrics.count_identity(&classification.identity);

@@ -198,6 +198,8 @@ pub enum Condition {
     IdentityClass(Vec<Class>),
     /// A signal compares so.
     Signal(SignalName, Comparison),
+    /// The crawler claim has one of these statuses.
+    Crawler(Vec<crate::crawlers::Status>),
 }
 
 /// Everything a condition may look at.
@@ -268,6 +270,7 @@ impl Condition {
             Condition::Identity(kinds) => kinds.contains(&IdentityKind::of(input.identity)),
             Condition::IdentityClass(classes) => classes.contains(&input.identity.class()),
             Condition::Signal(name, cmp) => cmp.holds(name.value(input.signals)),
+            Condition::Crawler(statuses) => statuses.contains(&input.signals.crawler.status()),
         }
     }
 }

@@ -20,6 +20,7 @@ use super::condition::{Comparison, Condition, IdentityKind, SignalName};
 use super::netset::NetSet;
 use super::{Effect, Mode, Rule, RuleSet};
 use crate::config::{ConfigError, OneOrMany, Origin, parse_toml};
+use crate::crawlers::{Crawler, Definitions, Status};
 use crate::forwarded::Cidr;
 use crate::limits::Rate;
 use crate::verdict::{Action, Class};
@@ -42,6 +43,24 @@ struct RuleFile {
     limits: Option<Spanned<HashMap<Class, Spanned<LimitDef>>>>,
     #[serde(default)]
     rule: Vec<RuleDef>,
+    #[serde(default)]
+    crawler: Vec<CrawlerDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CrawlerDef {
+    name: Spanned<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+    user_agent: Spanned<OneOrMany<String>>,
+    #[serde(default)]
+    ranges: Strings,
+    #[serde(default)]
+    ranges_file: Option<Spanned<OneOrMany<String>>>,
+    #[serde(default)]
+    rdns: Strings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -138,6 +157,8 @@ struct When {
     #[serde(default)]
     signal: Option<Spanned<SignalDef>>,
     #[serde(default)]
+    crawler: Strings,
+    #[serde(default)]
     all: Option<Vec<When>>,
     #[serde(default)]
     any: Option<Vec<When>>,
@@ -179,18 +200,27 @@ fn at<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Located> {
     })
 }
 
-/// Load and compile the rule files named by `globs` (relative to `base`).
-pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
-    load_with_limits(globs, base).map(|(rules, _)| rules)
+/// Everything the rule files define.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The rules, thresholds and actions.
+    pub rules: RuleSet,
+    /// Per-class quotas (at most one file sets `[limits]`).
+    pub limits: Vec<(Class, Rate)>,
+    /// The crawlers whose claims are verified.
+    pub crawlers: Definitions,
 }
 
-/// Load the rule files, and the per-class quotas they set (at most one
-/// file may set `[limits]`).
-pub fn load_with_limits(
-    globs: &[String],
-    base: &Path,
-) -> Result<(RuleSet, Vec<(Class, Rate)>), ConfigError> {
+/// Load and compile the rule files named by `globs` (relative to `base`).
+pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
+    load_all(globs, base).map(|loaded| loaded.rules)
+}
+
+/// Load the rule files with the quotas and crawlers they define.
+pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
     let files = expand(globs, base)?;
+    let mut crawlers = Definitions::default();
+    let mut agent_patterns: Vec<String> = Vec::new();
     let mut limits: Vec<(Class, Rate)> = Vec::new();
     let mut limits_from: Option<PathBuf> = None;
     let mut rules: Vec<Rule> = Vec::new();
@@ -266,6 +296,35 @@ pub fn load_with_limits(
             names.insert(rule.name.clone(), path.clone());
             rules.push(rule);
         }
+        for def in file.crawler {
+            let name_span = def.name.span();
+            let (crawler, patterns) = compile_crawler(def, &origin.dir).map_err(locate)?;
+            if let Some(first) = crawlers.list.iter().find(|c| c.name == crawler.name) {
+                return Err(origin.error_at(
+                    Some(name_span),
+                    format!(
+                        "crawler `{}` is already defined; names must be unique",
+                        first.name
+                    ),
+                ));
+            }
+            let Ok(index) = u16::try_from(crawlers.list.len()) else {
+                return Err(origin.error_at(Some(name_span), "too many crawlers".to_owned()));
+            };
+            crawlers.owner.extend(patterns.iter().map(|_| index));
+            agent_patterns.extend(patterns);
+            crawlers.list.push(crawler);
+        }
+    }
+    if !agent_patterns.is_empty() {
+        let set = BytesRegexSetBuilder::new(&agent_patterns)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map_err(|e| ConfigError::Inconsistent {
+                file: base.display().to_string(),
+                message: format!("crawler user agents: {e}"),
+            })?;
+        crawlers.agents = Some(set);
     }
     if let Some((class, _)) = class_actions
         .iter()
@@ -287,7 +346,71 @@ pub fn load_with_limits(
     if let Some(delay) = tarpit {
         rules = rules.with_tarpit_delay(delay);
     }
-    Ok((rules, limits))
+    Ok(Loaded {
+        rules,
+        limits,
+        crawlers,
+    })
+}
+
+/// A crawler definition and its user-agent patterns.
+fn compile_crawler(def: CrawlerDef, dir: &Path) -> Result<(Crawler, Vec<String>), Located> {
+    let name_span = def.name.span();
+    let name = def.name.into_inner();
+    if name.is_empty() {
+        return at(name_span, "a crawler needs a name");
+    }
+    let (span, patterns) = strings(def.user_agent)?;
+    bytes_regex_set(&patterns, span)?;
+    let mut nets = Vec::new();
+    if let Some(v) = def.ranges {
+        let (span, list) = strings(v)?;
+        for item in &list {
+            nets.push(item.parse::<Cidr>().or_else(|e| at(span.clone(), e))?);
+        }
+    }
+    if let Some(files) = def.ranges_file {
+        let span = files.span();
+        for f in files.into_inner().into_vec() {
+            nets.extend(ip_list(&dir.join(f)).or_else(|e| at(span.clone(), e))?);
+        }
+    }
+    let mut rdns: Vec<Box<str>> = Vec::new();
+    if let Some(v) = def.rdns {
+        let (span, list) = strings(v)?;
+        for suffix in &list {
+            let s = suffix.trim_matches('.').to_ascii_lowercase();
+            if !s.contains('.')
+                || !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return at(
+                    span,
+                    format!(
+                        "rdns suffix `{suffix}` must be a domain with at least two labels, like \"googlebot.com\""
+                    ),
+                );
+            }
+            rdns.push(s.into());
+        }
+    }
+    if nets.is_empty() && rdns.is_empty() {
+        return at(
+            name_span,
+            format!(
+                "crawler `{name}` has no `ranges`, `ranges_file` or `rdns`, so no claim could ever be verified"
+            ),
+        );
+    }
+    Ok((
+        Crawler {
+            name: Arc::from(name),
+            ranges: NetSet::new(&nets),
+            rdns: Arc::from(rdns),
+        },
+        patterns,
+    ))
 }
 
 fn read(path: &Path) -> Result<Origin, ConfigError> {
@@ -552,6 +675,22 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
     }
     if let Some(classes) = when.class {
         all.push(Condition::IdentityClass(classes.into_vec()));
+    }
+    if let Some(v) = when.crawler {
+        let (span, list) = strings(v)?;
+        let mut statuses = Vec::new();
+        for s in &list {
+            match Status::parse(s) {
+                Some(status) => statuses.push(status),
+                None => {
+                    return at(
+                        span,
+                        format!("crawler `{s}`, expected verified, spoofed, unknown or none"),
+                    );
+                }
+            }
+        }
+        all.push(Condition::Crawler(statuses));
     }
     if let Some(s) = when.signal {
         let span = s.span();

@@ -4,6 +4,7 @@
 use std::time::SystemTime;
 
 use super::*;
+use crate::crawlers::Claim;
 use crate::facts::Facts;
 use crate::identity::{Identity, InvalidReason, Source};
 use crate::signals::Signals;
@@ -80,6 +81,10 @@ impl Req {
         self.signals.status_401_403_60s = n;
         self
     }
+    fn crawler(mut self, claim: Claim) -> Self {
+        self.signals.crawler = claim;
+        self
+    }
     fn statuses(mut self, answered: u32, s4xx: u32, s404: u32) -> Self {
         self.signals.answered_60s = answered;
         self.signals.status_4xx_60s = s4xx;
@@ -116,6 +121,16 @@ fn matches(rule_when: &str, yes: Req, no: Req) {
 
 #[test]
 fn each_condition_matches_and_misses() {
+    matches(
+        "when.crawler = [\"spoofed\", \"unknown\"]",
+        req("/").crawler(Claim::Unknown(3)),
+        req("/").crawler(Claim::Verified(3)),
+    );
+    matches(
+        "when.crawler = \"none\"",
+        req("/"),
+        req("/").crawler(Claim::Spoofed(0)),
+    );
     matches(
         "when.method = [\"POST\", \"PUT\"]",
         req("/").method("POST"),
@@ -374,6 +389,35 @@ fn errors_point_at_file_line_and_rule() {
         ),
         ("[thresholds]\nbot = 0", "positive"),
         (
+            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.crawler = \"trusted\"",
+            "r.toml:4:",
+        ),
+        ("[[crawler]]\nname = \"c\"\nuser_agent = \"C\"", "r.toml:2:"),
+        (
+            "[[crawler]]\nname = \"c\"\nuser_agent = \"C\"\nrdns = \"com\"",
+            "r.toml:4:",
+        ),
+        (
+            "[[crawler]]\nname = \"c\"\nuser_agent = \"(C\"\nrdns = \"c.example\"",
+            "r.toml:3:",
+        ),
+        (
+            "[[crawler]]\nname = \"c\"\nuser_agent = \"C\"\nranges = [\"10.0.0.0/40\"]",
+            "r.toml:4:",
+        ),
+        (
+            "[[crawler]]\nname = \"c\"\nuser_agent = \"C\"\nranges_file = \"none.txt\"",
+            "r.toml:4:",
+        ),
+        (
+            "[[crawler]]\nname = \"c\"\nuser_agent = \"C\"\nrdns = \"c.example\"\n[[crawler]]\nname = \"c\"\nuser_agent = \"D\"\nrdns = \"d.example\"",
+            "r.toml:6:",
+        ),
+        (
+            "[[crawler]]\nname = \"c\"\nuser_agent = \"C\"\nrdns = \"c.example\"\nips = []",
+            "r.toml:5:",
+        ),
+        (
             "[thresholds]\naction.public_visitor = \"limit\"",
             "no quota",
         ),
@@ -474,6 +518,8 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ),
         ("scraping-sustained", person().rates([10, 100, 700, 700]), person().rates([10, 100, 500, 2000])),
         ("path-walker", person().statuses(40, 35, 32), person().statuses(200, 40, 35)),
+        ("verified-crawler", person().crawler(Claim::Verified(0)), person().crawler(Claim::Unknown(0))),
+        ("spoofed-crawler", person().crawler(Claim::Spoofed(0)), person().crawler(Claim::Unknown(0))),
     ];
     let mut covered: Vec<&str> = Vec::new();
     for (rule, yes, no) in &cases {
