@@ -1,6 +1,8 @@
 //! Signals stage: what the request and the client's recent behaviour
-//! suggest, as inputs for the rules. Reads and updates the client's record
-//! in the bounded client state.
+//! suggest, as inputs for the rules. Reads and updates the client's records
+//! in the bounded client state: its address's and, when a credential
+//! verified, its subject's, so neither rotating addresses nor sharing one
+//! hides an account's pace.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -8,7 +10,8 @@ use std::time::UNIX_EPOCH;
 use crate::facts::Facts;
 use crate::identity::Identity;
 use crate::state::{
-    AUTH_FAILURE_WINDOW, ClientKey, ClientStore, RATE_WINDOWS, STATUS_WINDOW, update_client,
+    AUTH_FAILURE_WINDOW, ClientKey, ClientRecord, ClientStore, PATHS_WINDOW, RATE_WINDOWS,
+    STATUS_WINDOW, update_client,
 };
 
 /// Derived observations about one request, read by the rules.
@@ -30,6 +33,11 @@ pub struct Signals {
     pub status_401_403_60s: u32,
     /// Upstream answers to this client over 60 s.
     pub answered_60s: u32,
+    /// Distinct request targets (path and query) over 60 s, estimated.
+    pub distinct_paths_60s: u32,
+    /// How regular the gaps between the client's requests are (standard
+    /// deviation over mean); None until ten gaps were seen.
+    pub interarrival_cv: Option<f32>,
     /// What became of a crawler claim in the user agent.
     pub crawler: crate::crawlers::Claim,
 }
@@ -58,49 +66,159 @@ impl SignalsStage {
     }
 
     /// Observe one request, recording what it says about its client.
+    /// With a verified subject, each signal is the more telling of the
+    /// address's and the subject's (the higher count, the more regular
+    /// rhythm).
     pub fn observe(&self, facts: &Facts<'_>, identity: &Identity) -> Signals {
-        let now = unix_seconds(facts.now);
-        let key = ClientKey::of(facts.client_ip);
+        let now_ms = unix_millis(facts.now);
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let target = target_hash(facts);
         let failed = matches!(identity, Identity::Invalid { .. });
-        let record = update_client(&self.state, key, |r| {
-            r.add_request(now);
+        let by_address = update_client(&self.state, ClientKey::of(facts.client_ip), |r| {
+            r.add_request(now_ms, target);
             if failed {
                 r.auth_failures.add(now, AUTH_FAILURE_WINDOW);
             }
         });
+        let mut signals = Signals::read(&by_address, now);
+        signals.user_agent_missing = facts.user_agent.is_none_or(is_blank_agent);
+        if let Some(subject) = identity.subject() {
+            let by_subject = update_client(&self.state, ClientKey::of_subject(subject), |r| {
+                r.add_request(now_ms, target);
+            });
+            signals.combine(&Signals::read(&by_subject, now));
+        }
+        signals
+    }
+
+    /// Record what the upstream answered a client (and its verified
+    /// subject, if any), for the status signals.
+    pub fn record_status(
+        &self,
+        client_ip: std::net::IpAddr,
+        subject: Option<&str>,
+        now: std::time::SystemTime,
+        status: u16,
+    ) {
+        let now = u32::try_from(unix_millis(now) / 1000).unwrap_or(u32::MAX);
+        update_client(&self.state, ClientKey::of(client_ip), |r| {
+            r.add_status(now, status)
+        });
+        if let Some(subject) = subject {
+            update_client(&self.state, ClientKey::of_subject(subject), |r| {
+                r.add_status(now, status)
+            });
+        }
+    }
+}
+
+impl Signals {
+    /// The behaviour signals of one client record at `now`.
+    fn read(record: &ClientRecord, now: u32) -> Signals {
         Signals {
-            user_agent_missing: facts.user_agent.is_none_or(is_blank_agent),
             auth_failures_5m: record.auth_failures.count(now, AUTH_FAILURE_WINDOW),
             rates: std::array::from_fn(|i| record.requests[i].count(now, RATE_WINDOWS[i])),
             status_4xx_60s: record.status_4xx.count(now, STATUS_WINDOW),
             status_404_60s: record.status_404.count(now, STATUS_WINDOW),
             status_401_403_60s: record.status_auth.count(now, STATUS_WINDOW),
             answered_60s: record.answered.count(now, STATUS_WINDOW),
-            crawler: crate::crawlers::Claim::None,
+            distinct_paths_60s: record.paths.count(now, PATHS_WINDOW),
+            interarrival_cv: record.cadence.variation(),
+            ..Signals::default()
         }
     }
 
-    /// Record what the upstream answered a client, for the status signals.
-    pub fn record_status(
-        &self,
-        client_ip: std::net::IpAddr,
-        now: std::time::SystemTime,
-        status: u16,
-    ) {
-        let now = unix_seconds(now);
-        let key = ClientKey::of(client_ip);
-        update_client(&self.state, key, |r| r.add_status(now, status));
+    /// Take the more telling of two records' signals. The status counts
+    /// move together with their denominator, so the record with more
+    /// answers supplies all of them.
+    fn combine(&mut self, other: &Signals) {
+        self.auth_failures_5m = self.auth_failures_5m.max(other.auth_failures_5m);
+        for (mine, theirs) in self.rates.iter_mut().zip(other.rates) {
+            *mine = (*mine).max(theirs);
+        }
+        if other.answered_60s > self.answered_60s {
+            self.answered_60s = other.answered_60s;
+            self.status_4xx_60s = other.status_4xx_60s;
+            self.status_404_60s = other.status_404_60s;
+            self.status_401_403_60s = other.status_401_403_60s;
+        }
+        self.distinct_paths_60s = self.distinct_paths_60s.max(other.distinct_paths_60s);
+        self.interarrival_cv = match (self.interarrival_cv, other.interarrival_cv) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
-/// Seconds since the Unix epoch, saturating.
-fn unix_seconds(t: std::time::SystemTime) -> u32 {
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_millis(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A fixed-key hash of the request target (path and query), for the
+/// distinct-paths sketch: the same target hashes alike in every run.
+fn target_hash(facts: &Facts<'_>) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    h.write(facts.path.as_bytes());
+    if let Some(q) = facts.query {
+        h.write_u8(b'?');
+        h.write(q.as_bytes());
+    }
+    h.finish()
 }
 
 /// An agent that says nothing: empty, blank, or a placeholder dash.
 fn is_blank_agent(ua: &[u8]) -> bool {
     let ua = ua.trim_ascii();
     ua.is_empty() || ua == b"-"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Source, Tier};
+    use std::time::{Duration, SystemTime};
+
+    fn observe(
+        stage: &SignalsStage,
+        ip: &str,
+        path: &'static str,
+        identity: &Identity,
+        ms: u64,
+    ) -> Signals {
+        let req = http::Request::get(path).body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let ip = ip.parse().unwrap();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms);
+        stage.observe(&Facts::new(&parts, ip, ip, now), identity)
+    }
+
+    #[test]
+    fn an_account_is_followed_across_addresses() {
+        let stage = SignalsStage::new(Arc::new(ClientStore::new(1000)));
+        let alice = Identity::User {
+            source: Source::Jwt,
+            subject: "alice".into(),
+            tier: Tier::Paying,
+        };
+        let mut last = Signals::default();
+        for i in 0..12u64 {
+            let ip = format!("198.51.100.{}", i + 1);
+            last = observe(&stage, &ip, "/same", &alice, i * 100);
+        }
+        assert_eq!(last.rates[1], 12, "the subject's count, not the address's");
+        // Anonymous requests from those addresses see only the address.
+        let anon = observe(&stage, "198.51.100.1", "/same", &Identity::Anonymous, 1_250);
+        assert_eq!(anon.rates[1], 2);
+        // Status answers reach the subject's record too.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_001_300);
+        stage.record_status("203.0.113.5".parse().unwrap(), Some("alice"), now, 404);
+        let next = observe(&stage, "203.0.113.6", "/other", &alice, 1_400);
+        assert_eq!((next.status_404_60s, next.answered_60s), (1, 1));
+        assert_eq!(next.distinct_paths_60s, 2);
+        // Ten regular gaps make a cadence.
+        assert!(last.interarrival_cv.is_some_and(|cv| cv < 0.1));
+    }
 }

@@ -51,8 +51,12 @@ fn now() -> u64 {
 }
 
 fn user_token(plan: &str) -> String {
+    user_token_for("alice", plan)
+}
+
+fn user_token_for(subject: &str, plan: &str) -> String {
     let claims = json!({
-        "iss": "https://auth.example/", "aud": "web", "sub": "alice",
+        "iss": "https://auth.example/", "aud": "web", "sub": subject,
         "plan": plan, "exp": now() + 600,
     });
     let key = EncodingKey::from_rsa_pem(&std::fs::read(fixture("rsa.key.pem")).unwrap()).unwrap();
@@ -619,4 +623,63 @@ jwks_url = "http://{closed}/jwks.json"
         ),
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paying_customer_hammering_at_bot_rates_is_demoted() {
+    let up = upstream(echo).await;
+    let usher = Usher::start_env(
+        &format!(
+            "rules = [\"{}/rules/*.toml\"]\ntrusted_proxies = [\"127.0.0.1\"]\naccess_log = \"off\"\n{}",
+            env!("CARGO_MANIFEST_DIR"),
+            identity_config(&up, "")
+        ),
+        &[("USHER_E2E_SECRET", SECRET)],
+    );
+    let token = user_token("pro");
+    let (_, seen) = seen_with(&usher, Some(&token)).await;
+    assert_eq!(
+        label(&seen.unwrap(), "x-usher-class"),
+        Some("paying_customer")
+    );
+
+    // 30 requests a second, each from another address: only the account
+    // ties them together, and the account is what gets demoted.
+    let (found, sent) = hammer(
+        std::time::Duration::from_millis(33),
+        std::time::Duration::from_secs(20),
+        "malicious_bot",
+        |i| {
+            Request::get(usher.url(&format!("/products/{i}")))
+                .header("authorization", format!("Bearer {token}"))
+                .header(
+                    "x-forwarded-for",
+                    format!("198.51.{}.{}", i / 250, i % 250 + 1),
+                )
+                .body(full(""))
+                .unwrap()
+        },
+    )
+    .await;
+    let (after, seen) = found.expect("a paying customer at 30 req/s was never demoted");
+    eprintln!("paying customer demoted after {after:?} and {sent} requests");
+    assert!(
+        label(&seen, "x-usher-reasons").is_some_and(|r| r.contains("scraping-burst")),
+        "{seen}"
+    );
+    assert_eq!(
+        label(&seen, "x-usher-subject"),
+        Some("alice"),
+        "still known, now as a bot"
+    );
+
+    // Another paying customer at a person's pace keeps their class.
+    let bob = user_token_for("bob", "pro");
+    for _ in 0..3 {
+        let (_, seen) = seen_with(&usher, Some(&bob)).await;
+        assert_eq!(
+            label(&seen.unwrap(), "x-usher-class"),
+            Some("paying_customer")
+        );
+    }
 }

@@ -255,10 +255,12 @@ impl Proxy {
         let took = sent.elapsed();
         self.metrics.observe_upstream(took);
         done.upstream = Some(took);
-        settings
-            .classifier
-            .signals()
-            .record_status(client_ip, now, response.status().as_u16());
+        settings.classifier.signals().record_status(
+            client_ip,
+            subject.as_deref(),
+            now,
+            response.status().as_u16(),
+        );
 
         // Respond.
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;

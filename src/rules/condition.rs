@@ -75,6 +75,12 @@ pub enum SignalName {
     /// The share of the client's upstream answers that were 4xx, last
     /// minute (0 without answers).
     Status4xxRatio60s,
+    /// Distinct paths (with query) the client asked for in the last
+    /// minute, estimated.
+    DistinctPaths60s,
+    /// The coefficient of variation of the gaps between the client's
+    /// requests; unknown (no comparison holds) until ten gaps were seen.
+    InterarrivalCv,
 }
 
 impl SignalName {
@@ -89,9 +95,11 @@ impl SignalName {
         "status_404_60s",
         "status_4xx_ratio_60s",
         "status_401_403_60s",
+        "distinct_paths_60s",
+        "interarrival_cv",
     ];
 
-    const ALL: [SignalName; 9] = [
+    const ALL: [SignalName; 11] = [
         SignalName::AuthFailures5m,
         SignalName::Rate1s,
         SignalName::Rate10s,
@@ -101,6 +109,8 @@ impl SignalName {
         SignalName::Status40460s,
         SignalName::Status4xxRatio60s,
         SignalName::Status401Or40360s,
+        SignalName::DistinctPaths60s,
+        SignalName::InterarrivalCv,
     ];
 
     /// Parse a signal's name.
@@ -125,6 +135,9 @@ impl SignalName {
             SignalName::Status4xxRatio60s => {
                 f64::from(s.status_4xx_60s) / f64::from(s.answered_60s)
             }
+            SignalName::DistinctPaths60s => f64::from(s.distinct_paths_60s),
+            // NaN: no comparison holds on what is not known yet.
+            SignalName::InterarrivalCv => s.interarrival_cv.map_or(f64::NAN, f64::from),
         }
     }
 }

@@ -499,3 +499,40 @@ pub fn label<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a str> {
         .get(0)
         .and_then(serde_json::Value::as_str)
 }
+
+/// Send `make(i)` every `every` (whatever the latency: requests overlap)
+/// until the upstream is told `class`, or `limit` passes. Returns when
+/// that happened, how many requests were sent, and what the upstream saw
+/// of the first such request.
+pub async fn hammer(
+    every: Duration,
+    limit: Duration,
+    class: &str,
+    make: impl Fn(u32) -> Request<TestBody>,
+) -> (Option<(Duration, serde_json::Value)>, u32) {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(every);
+    let mut inflight = tokio::task::JoinSet::new();
+    let mut sent = 0u32;
+    let mut found = None;
+    while found.is_none() && started.elapsed() < limit {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let req = make(sent);
+                sent += 1;
+                inflight.spawn(async move {
+                    let (_, body) = send(req).await;
+                    serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default()
+                });
+            }
+            Some(done) = inflight.join_next() => {
+                let seen = done.unwrap_or_default();
+                if label(&seen, "x-usher-class") == Some(class) {
+                    found = Some((started.elapsed(), seen));
+                }
+            }
+        }
+    }
+    inflight.shutdown().await;
+    (found, sent)
+}

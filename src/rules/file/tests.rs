@@ -81,6 +81,14 @@ impl Req {
         self.signals.status_401_403_60s = n;
         self
     }
+    fn paths(mut self, distinct: u32) -> Self {
+        self.signals.distinct_paths_60s = distinct;
+        self
+    }
+    fn cadence(mut self, cv: Option<f32>) -> Self {
+        self.signals.interarrival_cv = cv;
+        self
+    }
     fn crawler(mut self, claim: Claim) -> Self {
         self.signals.crawler = claim;
         self
@@ -125,6 +133,21 @@ fn each_condition_matches_and_misses() {
         "when.crawler = [\"spoofed\", \"unknown\"]",
         req("/").crawler(Claim::Unknown(3)),
         req("/").crawler(Claim::Verified(3)),
+    );
+    matches(
+        "when.signal = { name = \"distinct_paths_60s\", gt = 100 }",
+        req("/").paths(101),
+        req("/").paths(100),
+    );
+    matches(
+        "when.signal = { name = \"interarrival_cv\", lt = 0.1 }",
+        req("/").cadence(Some(0.05)),
+        req("/").cadence(None),
+    );
+    matches(
+        "when.not.signal = { name = \"interarrival_cv\", ge = 0.1 }",
+        req("/").cadence(Some(0.05)),
+        req("/").cadence(Some(0.5)),
     );
     matches(
         "when.crawler = \"none\"",
@@ -518,6 +541,11 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ),
         ("scraping-sustained", person().rates([10, 100, 700, 700]), person().rates([10, 100, 500, 2000])),
         ("path-walker", person().statuses(40, 35, 32), person().statuses(200, 40, 35)),
+        ("path-enumeration", person().paths(350), person().paths(120)),
+        ("path-enumeration", person().paths(350), person().paths(350).crawler(Claim::Verified(0))),
+        ("metronome", person().rates([1, 10, 60, 60]).cadence(Some(0.02)), person().rates([1, 10, 60, 60]).cadence(Some(0.8))),
+        ("metronome", person().rates([1, 10, 60, 60]).cadence(Some(0.02)), person().rates([1, 5, 12, 12]).cadence(Some(0.02))),
+        ("metronome", person().rates([1, 10, 60, 60]).cadence(Some(0.02)), person().rates([1, 10, 60, 60]).cadence(None)),
         ("verified-crawler", person().crawler(Claim::Verified(0)), person().crawler(Claim::Unknown(0))),
         ("spoofed-crawler", person().crawler(Claim::Spoofed(0)), person().crawler(Claim::Unknown(0))),
     ];
