@@ -97,13 +97,16 @@ fn shipped_rules_recall_and_false_positives() {
     for ua in false_positives.iter().take(10) {
         eprintln!("  flagged browser: {ua}");
     }
-    // Floors, not goals: real browsers are left alone (at most 0.1%), and
-    // recall may only go up. Verified-crawler and crawler-family rules
-    // are what will raise it.
+    // Floors, just under what the shipped rules reach (98.5% recall, no
+    // browser flagged): real browsers are left alone (at most 0.1%), and
+    // recall may only go up. `declared-bot` catches crawlers by family and
+    // shape, not by name; what it misses are mostly bots that look like a
+    // desktop browser with a product name appended, and nine agents that
+    // the browser fixture lists too.
     assert!(
         fp_rate <= 0.001,
         "{} browsers flagged",
         false_positives.len()
     );
-    assert!(recall >= 0.04, "bot recall fell to {:.1}%", recall * 100.0);
+    assert!(recall >= 0.98, "bot recall fell to {:.1}%", recall * 100.0);
 }

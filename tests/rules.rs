@@ -87,7 +87,10 @@ async fn the_upstream_learns_class_score_and_reasons() {
     .await;
     let seen = seen.unwrap();
     assert_eq!(label(&seen, "x-usher-class"), Some("malicious_bot"));
-    assert_eq!(label(&seen, "x-usher-reasons"), Some("scanner-tools"));
+    assert_eq!(
+        label(&seen, "x-usher-reasons"),
+        Some("scanner-tools,declared-bot")
+    );
 
     let (_, seen, _) = ask(
         &usher,
@@ -101,8 +104,11 @@ async fn the_upstream_learns_class_score_and_reasons() {
         Some("public_visitor"),
         "automation scores, alone it does not decide"
     );
-    assert_eq!(label(&seen, "x-usher-score"), Some("60"));
-    assert_eq!(label(&seen, "x-usher-reasons"), Some("http-library"));
+    assert_eq!(label(&seen, "x-usher-score"), Some("90"));
+    assert_eq!(
+        label(&seen, "x-usher-reasons"),
+        Some("http-library,declared-bot")
+    );
 
     let (_, seen, _) = ask(&usher, "/", &[]).await;
     let seen = seen.unwrap();
@@ -110,7 +116,10 @@ async fn the_upstream_learns_class_score_and_reasons() {
     assert_eq!(label(&seen, "x-usher-reasons"), Some("no-user-agent"));
 
     let log = usher.wait_access_log(4).await;
-    assert_eq!(log[1]["reasons"], serde_json::json!(["scanner-tools"]));
+    assert_eq!(
+        log[1]["reasons"],
+        serde_json::json!(["scanner-tools", "declared-bot"])
+    );
     assert_eq!(log[1]["class"], "malicious_bot");
 
     let metrics = usher.metrics().await;

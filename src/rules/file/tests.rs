@@ -548,6 +548,37 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ("metronome", person().rates([1, 10, 60, 60]).cadence(Some(0.02)), person().rates([1, 10, 60, 60]).cadence(None)),
         ("verified-crawler", person().crawler(Claim::Verified(0)), person().crawler(Claim::Unknown(0))),
         ("spoofed-crawler", person().crawler(Claim::Spoofed(0)), person().crawler(Claim::Unknown(0))),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "Mozilla/5.0 (compatible; ExampleBot/2.1; +https://example.com/bot)"),
+            req("/").header("user-agent", "Mozilla/5.0 (Linux; Android 6.0; CUBOT MAX) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/72.0.3626.121 Mobile Safari/537.36"),
+        ),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "acme-uptime-monitor/3.2"),
+            req("/").header("user-agent", "Mozilla/5.0 (Linux; Android 14; SM-S918B Build/UP1A.231005.007; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/124.0.6367.123 Mobile Safari/537.36 CamScanner/4.8.5.2310271827"),
+        ),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 (contact: ops@example.org)"),
+            req("/").header("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Mobile/15E148 Safari/605.1 NAVER(inapp; search; 2000; 12.3.6; 14PRO)"),
+        ),
+        // No platform: not a browser, whatever the name.
+        (
+            "declared-bot",
+            req("/").header("user-agent", "inventory-sync/1.4 (build 812)"),
+            req("/").header("user-agent", "Dalvik/2.1.0 (Linux; U; Android 9; SM-G965U Build/PPR1.180610.011)"),
+        ),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "Mozilla/5.0 (compatible; Linkwalker/1.0)"),
+            req("/").header("user-agent", "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 5.1; Trident/4.0; .NET CLR 2.0.50727)"),
+        ),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "ExampleCrawler/1.0"),
+            req("/").header("user-agent", "ExampleCrawler/1.0").identity(Identity::Service { source: Source::ApiKey, client_id: "partner".into() }),
+        ),
     ];
     let mut covered: Vec<&str> = Vec::new();
     for (rule, yes, no) in &cases {
