@@ -202,6 +202,7 @@ mod tests {
             source: Source::Jwt,
             subject: "alice".into(),
             tier: Tier::Paying,
+            claims: Default::default(),
         };
         let mut last = Signals::default();
         for i in 0..12u64 {

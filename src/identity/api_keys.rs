@@ -61,11 +61,13 @@ impl ApiKeys {
                 Class::ServiceClient => Identity::Service {
                     source: Source::ApiKey,
                     client_id: prefixed(subject_prefix, &entry.owner),
+                    claims: Default::default(),
                 },
                 _ => Identity::User {
                     source: Source::ApiKey,
                     subject: prefixed(subject_prefix, &entry.owner),
                     tier: Tier::Paying,
+                    claims: Default::default(),
                 },
             };
             let bucket = keys.by_prefix.entry(prefix(&entry.sha256)).or_default();

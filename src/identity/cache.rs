@@ -100,6 +100,7 @@ mod tests {
             source: Source::Jwt,
             subject: Arc::from(name),
             tier: Tier::Free,
+            claims: Default::default(),
         }
     }
 

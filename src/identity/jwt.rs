@@ -12,6 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
+use super::Claims;
 use super::cache::{Verified, VerifiedCache};
 use super::jwks::RemoteJwks;
 use super::keys::VerifyingKey;
@@ -246,7 +247,7 @@ impl JwtVerifier {
         }
         check_audience(&claims, &issuer.audience)?;
         Ok(Verified {
-            identity: classify(issuer, &claims)?,
+            identity: classify(issuer, claims)?,
             issuer: index,
             from,
             until: exp + leeway,
@@ -362,28 +363,34 @@ pub fn prefixed(prefix: &str, subject: &str) -> Arc<str> {
     }
 }
 
-/// Map verified claims to an identity.
-fn classify(issuer: &Issuer, claims: &Map<String, Value>) -> Result<Identity, InvalidReason> {
-    let subject = string_claim(claims, &issuer.subject_claim)?;
-    let client_id = string_claim(claims, "client_id")?.or(string_claim(claims, "azp")?);
-    let service = issuer.service.iter().any(|r| claim_matches(r, claims))
+/// Map verified claims to an identity that keeps them.
+fn classify(issuer: &Issuer, claims: Map<String, Value>) -> Result<Identity, InvalidReason> {
+    let subject = string_claim(&claims, &issuer.subject_claim)?;
+    let client_id = string_claim(&claims, "client_id")?.or(string_claim(&claims, "azp")?);
+    let service = issuer.service.iter().any(|r| claim_matches(r, &claims))
         || (issuer.service_without_subject && subject.is_none() && client_id.is_some());
     if service {
         let id = client_id.or(subject).ok_or(InvalidReason::Malformed)?;
+        let client_id = prefixed(&issuer.subject_prefix, id);
         return Ok(Identity::Service {
             source: Source::Jwt,
-            client_id: prefixed(&issuer.subject_prefix, id),
+            client_id,
+            claims: Claims::new(claims),
         });
     }
-    let subject = subject.ok_or(InvalidReason::Malformed)?;
-    let tier = if issuer.paying.iter().any(|r| claim_matches(r, claims)) {
+    let subject = prefixed(
+        &issuer.subject_prefix,
+        subject.ok_or(InvalidReason::Malformed)?,
+    );
+    let tier = if issuer.paying.iter().any(|r| claim_matches(r, &claims)) {
         Tier::Paying
     } else {
         Tier::Free
     };
     Ok(Identity::User {
         source: Source::Jwt,
-        subject: prefixed(&issuer.subject_prefix, subject),
+        subject,
         tier,
+        claims: Claims::new(claims),
     })
 }

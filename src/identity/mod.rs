@@ -50,6 +50,49 @@ impl Source {
     }
 }
 
+/// The claims of a verified credential, shared (not copied) by every
+/// request the credential's cache entry answers. Empty for API keys.
+/// Only what rules can match is kept — strings, numbers, booleans and
+/// arrays of them — and at most `MAX_CLAIMS_SIZE` bytes of it, so a cache
+/// of verified credentials stays small whatever the tokens carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Claims(Option<Arc<serde_json::Map<String, serde_json::Value>>>);
+
+/// The most claim text (names and values) kept per credential.
+pub const MAX_CLAIMS_SIZE: usize = 8 * 1024;
+
+impl Claims {
+    /// Claims kept from a verified credential.
+    pub fn new(mut claims: serde_json::Map<String, serde_json::Value>) -> Self {
+        use serde_json::Value;
+        fn size(v: &Value) -> Option<usize> {
+            match v {
+                Value::String(s) => Some(s.len()),
+                Value::Number(_) | Value::Bool(_) => Some(8),
+                Value::Array(items) => items.iter().try_fold(0usize, |n, item| match item {
+                    Value::Array(_) | Value::Object(_) => None,
+                    item => Some(n + size(item)?),
+                }),
+                Value::Null | Value::Object(_) => None,
+            }
+        }
+        let mut total = 0usize;
+        claims.retain(|name, value| match size(value) {
+            Some(n) if total + name.len() + n <= MAX_CLAIMS_SIZE => {
+                total += name.len() + n;
+                true
+            }
+            _ => false,
+        });
+        Claims(Some(Arc::new(claims)))
+    }
+
+    /// The claims, if the credential had any.
+    pub fn get(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.0.as_deref()
+    }
+}
+
 /// What the credentials on a request established.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Identity {
@@ -64,6 +107,9 @@ pub enum Identity {
         subject: Arc<str>,
         /// Whether the account's plan is paid.
         tier: Tier,
+        /// The verified claims (token claims, or the session answer), for
+        /// rules that read them.
+        claims: Claims,
     },
     /// A verified machine client (API key, client-credentials token).
     Service {
@@ -71,6 +117,8 @@ pub enum Identity {
         source: Source,
         /// The verified client id or key owner.
         client_id: Arc<str>,
+        /// The verified claims, as for `User`.
+        claims: Claims,
     },
     /// A credential was presented and failed verification.
     Invalid {
@@ -198,6 +246,14 @@ impl Identity {
             Identity::User { subject, .. } => Some(subject),
             Identity::Service { client_id, .. } => Some(client_id),
             Identity::Anonymous | Identity::Invalid { .. } | Identity::Unverified { .. } => None,
+        }
+    }
+
+    /// The verified claims, if any.
+    pub fn claims(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        match self {
+            Identity::User { claims, .. } | Identity::Service { claims, .. } => claims.get(),
+            _ => None,
         }
     }
 

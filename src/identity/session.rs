@@ -21,7 +21,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::jwt::{claim_matches, prefixed};
 use super::remote::{HttpsClient, https_client};
 use super::strict_json::parse_object;
-use super::{Identity, Source, Tier, UnverifiedReason};
+use super::{Claims, Identity, Source, Tier, UnverifiedReason};
 use crate::config::identity::SessionConfig;
 
 /// Session ids longer than this are refused without a lookup.
@@ -226,11 +226,11 @@ impl SessionResolver {
             .map_err(|e| e.to_string())?
             .to_bytes();
         let answer = parse_object(&body).map_err(|e| e.to_string())?;
-        Ok(self.interpret(&answer))
+        Ok(self.interpret(answer))
     }
 
     /// Map the application's answer to an identity.
-    fn interpret(&self, answer: &Map<String, Value>) -> Lookup {
+    fn interpret(&self, answer: Map<String, Value>) -> Lookup {
         if let Some(field) = &self.active_field
             && answer.get(field) != Some(&Value::Bool(true))
         {
@@ -243,7 +243,7 @@ impl SessionResolver {
             Some(Value::Number(n)) => n.to_string(),
             _ => return Lookup::Unknown,
         };
-        let tier = if self.paying.iter().any(|m| claim_matches(m, answer)) {
+        let tier = if self.paying.iter().any(|m| claim_matches(m, &answer)) {
             Tier::Paying
         } else {
             Tier::Free
@@ -252,6 +252,7 @@ impl SessionResolver {
             source: Source::Session,
             subject: prefixed(&self.subject_prefix, &subject),
             tier,
+            claims: Claims::new(answer),
         })
     }
 }

@@ -157,15 +157,17 @@ fn each_algorithm_verifies_a_good_token() {
         Algorithm::ES256,
         Algorithm::EdDSA,
     ] {
-        let identity = check(&stage, &mint(alg, &claims(alg)));
+        let sent = claims(alg);
+        let identity = check(&stage, &mint(alg, &sent));
         assert_eq!(
             identity,
             Identity::User {
                 source: Source::Jwt,
                 subject: Arc::from("user-1"),
-                tier: Tier::Free
+                tier: Tier::Free,
+                claims: Claims::new(sent.as_object().unwrap().clone()),
             },
-            "{alg:?}"
+            "{alg:?}: the verified claims are kept for rules"
         );
     }
 }
@@ -198,7 +200,8 @@ fn claims_decide_paying_and_service() {
         check(&stage, &mint(Algorithm::HS256, &s)),
         Identity::Service {
             source: Source::Jwt,
-            client_id: Arc::from("billing-worker")
+            client_id: Arc::from("billing-worker"),
+            claims: Claims::new(s.as_object().unwrap().clone()),
         }
     );
     let mut cc = claims(Algorithm::HS256);
@@ -850,4 +853,18 @@ fn unreadable_cookie_headers_cannot_hide_a_second_copy() {
         Ok(Some("mine")),
         "names match exactly"
     );
+}
+
+#[test]
+fn kept_claims_are_what_rules_can_match_and_bounded() {
+    let big = "x".repeat(MAX_CLAIMS_SIZE);
+    let claims = json!({
+        "plan": "pro", "n": 3, "ok": true, "roles": ["a", "b"],
+        "profile": {"nested": 1}, "matrix": [[1]], "none": null,
+        "zz_huge": big,
+    });
+    let kept = Claims::new(claims.as_object().unwrap().clone());
+    let kept = kept.get().unwrap();
+    let names: Vec<&str> = kept.keys().map(String::as_str).collect();
+    assert_eq!(names, ["n", "ok", "plan", "roles"]);
 }

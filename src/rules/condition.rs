@@ -213,6 +213,8 @@ pub enum Condition {
     Signal(SignalName, Comparison),
     /// The crawler claim has one of these statuses.
     Crawler(Vec<crate::crawlers::Status>),
+    /// A verified credential's claim has one of these values.
+    Claim(crate::config::identity::ClaimMatch),
 }
 
 /// Everything a condition may look at.
@@ -284,6 +286,10 @@ impl Condition {
             Condition::IdentityClass(classes) => classes.contains(&input.identity.class()),
             Condition::Signal(name, cmp) => cmp.holds(name.value(input.signals)),
             Condition::Crawler(statuses) => statuses.contains(&input.signals.crawler.status()),
+            Condition::Claim(m) => input
+                .identity
+                .claims()
+                .is_some_and(|claims| crate::identity::jwt::claim_matches(m, claims)),
         }
     }
 }

@@ -159,6 +159,8 @@ struct When {
     #[serde(default)]
     crawler: Strings,
     #[serde(default)]
+    claim: Option<crate::config::identity::ClaimMatch>,
+    #[serde(default)]
     all: Option<Vec<When>>,
     #[serde(default)]
     any: Option<Vec<When>>,
@@ -691,6 +693,9 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
             }
         }
         all.push(Condition::Crawler(statuses));
+    }
+    if let Some(m) = when.claim {
+        all.push(Condition::Claim(m));
     }
     if let Some(s) = when.signal {
         let span = s.span();

@@ -134,6 +134,31 @@ fn each_condition_matches_and_misses() {
         req("/").crawler(Claim::Unknown(3)),
         req("/").crawler(Claim::Verified(3)),
     );
+    let with_claims = |claims: serde_json::Value| Identity::User {
+        source: Source::Jwt,
+        subject: "u".into(),
+        tier: crate::identity::Tier::Free,
+        claims: crate::identity::Claims::new(claims.as_object().unwrap().clone()),
+    };
+    matches(
+        "when.claim = { claim = \"roles\", any_of = [\"staff\"] }",
+        req("/").identity(with_claims(
+            serde_json::json!({"roles": ["reader", "staff"]}),
+        )),
+        req("/").identity(with_claims(
+            serde_json::json!({"roles": ["reader"], "staff": true}),
+        )),
+    );
+    matches(
+        "when.claim = { claim = \"plan\", any_of = \"trial\" }",
+        req("/").identity(with_claims(serde_json::json!({"plan": "trial"}))),
+        req("/").identity(with_claims(serde_json::json!({"plan": "Trial"}))),
+    );
+    matches(
+        "when.not.claim = { claim = \"plan\", any_of = \"trial\" }",
+        req("/"),
+        req("/").identity(with_claims(serde_json::json!({"plan": "trial"}))),
+    );
     matches(
         "when.signal = { name = \"distinct_paths_60s\", gt = 100 }",
         req("/").paths(101),
@@ -234,6 +259,7 @@ fn each_condition_matches_and_misses() {
         req("/").identity(Identity::Service {
             source: Source::ApiKey,
             client_id: "c".into(),
+            claims: Default::default(),
         }),
     );
     matches(
@@ -523,7 +549,7 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ("probe-wordpress", req("/wp-login.php").header("accept-language", "en"), req("/blog/post-1").header("accept-language", "en")),
         ("scanner-tools", req("/").header("user-agent", "sqlmap/1.8.2#stable (https://sqlmap.org)"), person()),
         ("scanner-tools", req("/").header("user-agent", "Mozilla/5.0 (compatible; Nuclei - Open-source project (github.com/projectdiscovery/nuclei))"), req("/").header("user-agent", "Mozilla/5.0 (compatible; NucleusBrowser)")),
-        ("http-library", req("/").header("user-agent", "python-requests/2.32.3"), req("/").header("user-agent", "python-requests/2.32.3").identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into() })),
+        ("http-library", req("/").header("user-agent", "python-requests/2.32.3"), req("/").header("user-agent", "python-requests/2.32.3").identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into(), claims: Default::default() })),
         ("http-library", req("/").header("user-agent", "Go-http-client/1.1"), person()),
         ("http-library", req("/").header("user-agent", "Java-http-client/17.0.2"), person()),
         ("http-library", req("/").header("user-agent", "Mozilla/5.0"), person()),
@@ -536,8 +562,8 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ("scraping-burst", person().rates([25, 250, 250, 250]), person().rates([30, 120, 400, 900])),
         (
             "scraping-burst",
-            person().rates([25, 250, 250, 250]).identity(Identity::User { source: Source::Jwt, subject: "u".into(), tier: crate::identity::Tier::Paying }),
-            person().rates([25, 250, 250, 250]).identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into() }),
+            person().rates([25, 250, 250, 250]).identity(Identity::User { source: Source::Jwt, subject: "u".into(), tier: crate::identity::Tier::Paying, claims: Default::default() }),
+            person().rates([25, 250, 250, 250]).identity(Identity::Service { source: Source::ApiKey, client_id: "etl".into(), claims: Default::default() }),
         ),
         ("scraping-sustained", person().rates([10, 100, 700, 700]), person().rates([10, 100, 500, 2000])),
         ("path-walker", person().statuses(40, 35, 32), person().statuses(200, 40, 35)),
@@ -577,7 +603,7 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         (
             "declared-bot",
             req("/").header("user-agent", "ExampleCrawler/1.0"),
-            req("/").header("user-agent", "ExampleCrawler/1.0").identity(Identity::Service { source: Source::ApiKey, client_id: "partner".into() }),
+            req("/").header("user-agent", "ExampleCrawler/1.0").identity(Identity::Service { source: Source::ApiKey, client_id: "partner".into(), claims: Default::default() }),
         ),
     ];
     let mut covered: Vec<&str> = Vec::new();
