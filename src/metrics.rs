@@ -125,6 +125,9 @@ pub struct Metrics {
     rate_limited: [IntCounter; Class::ALL.len()],
     /// Crawler claims by result (verified, spoofed, unknown).
     crawler_verifications: [IntCounter; Status::CLAIMED.len()],
+    /// Reverse-DNS lookups: confirmed, refuted, failed, skipped (caught up
+    /// at scrape time).
+    crawler_dns_lookups: [IntCounter; 4],
     /// Clients in the client state (set at scrape time).
     pub tracked_clients: IntGauge,
     /// Client records evicted to make room (caught up at scrape time).
@@ -376,6 +379,18 @@ impl Metrics {
         )?;
         let crawler_verifications =
             Status::CLAIMED.map(|s| crawler_vec.with_label_values(&[s.as_str()]));
+        let dns_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_crawler_dns_lookups_total",
+                    "Reverse-DNS checks of crawler claims, by outcome; skipped: not started because too many ran or started lately.",
+                ),
+                &["result"],
+            )?,
+        )?;
+        let crawler_dns_lookups =
+            ["confirmed", "refuted", "failed", "skipped"].map(|r| dns_vec.with_label_values(&[r]));
         let tracked_clients = register(
             &registry,
             IntGauge::new(
@@ -423,6 +438,7 @@ impl Metrics {
             bot_score,
             rate_limited,
             crawler_verifications,
+            crawler_dns_lookups,
             tracked_clients,
             state_evictions,
         })
@@ -482,6 +498,23 @@ impl Metrics {
         let seen = self.state_evictions.get();
         if evictions > seen {
             self.state_evictions.inc_by(evictions - seen);
+        }
+    }
+
+    /// Bring the crawler DNS lookup counts up to date (before a scrape).
+    pub fn observe_crawler_dns(&self, counts: &crate::crawlers::dns::LookupCounts) {
+        let now = [
+            &counts.answered[0],
+            &counts.answered[1],
+            &counts.answered[2],
+            &counts.skipped,
+        ];
+        for (counter, total) in self.crawler_dns_lookups.iter().zip(now) {
+            let total = total.load(std::sync::atomic::Ordering::Relaxed);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 

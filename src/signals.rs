@@ -1,8 +1,8 @@
 //! Signals stage: what the request and the client's recent behaviour
 //! suggest, as inputs for the rules. Reads and updates the client's records
 //! in the bounded client state: its address's and, when a credential
-//! verified, its subject's, so neither rotating addresses nor sharing one
-//! hides an account's pace.
+//! verified, its subject's, so rotating addresses does not hide an
+//! account's pace.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -46,6 +46,9 @@ pub struct Signals {
 #[derive(Debug)]
 pub struct SignalsStage {
     state: Arc<ClientStore>,
+    /// Keys the distinct-paths hash: random per process, so a client
+    /// cannot choose paths that all land on one bit of the sketch.
+    paths_hash: std::collections::hash_map::RandomState,
 }
 
 impl Default for SignalsStage {
@@ -57,7 +60,10 @@ impl Default for SignalsStage {
 impl SignalsStage {
     /// Signals over a client store (shared across reloads).
     pub fn new(state: Arc<ClientStore>) -> Self {
-        SignalsStage { state }
+        SignalsStage {
+            state,
+            paths_hash: std::collections::hash_map::RandomState::new(),
+        }
     }
 
     /// The client store.
@@ -66,13 +72,12 @@ impl SignalsStage {
     }
 
     /// Observe one request, recording what it says about its client.
-    /// With a verified subject, each signal is the more telling of the
-    /// address's and the subject's (the higher count, the more regular
-    /// rhythm).
+    /// With a verified subject, the behaviour signals are those of the
+    /// busier of the address's and the subject's records.
     pub fn observe(&self, facts: &Facts<'_>, identity: &Identity) -> Signals {
         let now_ms = unix_millis(facts.now);
         let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        let target = target_hash(facts);
+        let target = self.target_hash(facts);
         let failed = matches!(identity, Identity::Invalid { .. });
         let by_address = update_client(&self.state, ClientKey::of(facts.client_ip), |r| {
             r.add_request(now_ms, target);
@@ -86,9 +91,22 @@ impl SignalsStage {
             let by_subject = update_client(&self.state, ClientKey::of_subject(subject), |r| {
                 r.add_request(now_ms, target);
             });
-            signals.combine(&Signals::read(&by_subject, now));
+            signals.combine(Signals::read(&by_subject, now));
         }
         signals
+    }
+
+    /// The keyed hash of the request target (path and query), for the
+    /// distinct-paths sketch.
+    fn target_hash(&self, facts: &Facts<'_>) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.paths_hash.build_hasher();
+        h.write(facts.path.as_bytes());
+        if let Some(q) = facts.query {
+            h.write_u8(b'?');
+            h.write(q.as_bytes());
+        }
+        h.finish()
     }
 
     /// Record what the upstream answered a client (and its verified
@@ -128,25 +146,20 @@ impl Signals {
         }
     }
 
-    /// Take the more telling of two records' signals. The status counts
-    /// move together with their denominator, so the record with more
-    /// answers supplies all of them.
-    fn combine(&mut self, other: &Signals) {
-        self.auth_failures_5m = self.auth_failures_5m.max(other.auth_failures_5m);
-        for (mine, theirs) in self.rates.iter_mut().zip(other.rates) {
-            *mine = (*mine).max(theirs);
+    /// Take the behaviour of the busier of two records (more requests in
+    /// the last minute), whole: mixing one record's rate with the other's
+    /// rhythm would describe a client that does not exist (a person's
+    /// polling tab behind a busy shared address). Failed credentials are
+    /// the address's.
+    fn combine(&mut self, other: Signals) {
+        if other.rates[2] > self.rates[2] {
+            *self = Signals {
+                user_agent_missing: self.user_agent_missing,
+                auth_failures_5m: self.auth_failures_5m,
+                crawler: self.crawler,
+                ..other
+            };
         }
-        if other.answered_60s > self.answered_60s {
-            self.answered_60s = other.answered_60s;
-            self.status_4xx_60s = other.status_4xx_60s;
-            self.status_404_60s = other.status_404_60s;
-            self.status_401_403_60s = other.status_401_403_60s;
-        }
-        self.distinct_paths_60s = self.distinct_paths_60s.max(other.distinct_paths_60s);
-        self.interarrival_cv = match (self.interarrival_cv, other.interarrival_cv) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
     }
 }
 
@@ -154,19 +167,6 @@ impl Signals {
 fn unix_millis(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A fixed-key hash of the request target (path and query), for the
-/// distinct-paths sketch: the same target hashes alike in every run.
-fn target_hash(facts: &Facts<'_>) -> u64 {
-    use std::hash::Hasher;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    h.write(facts.path.as_bytes());
-    if let Some(q) = facts.query {
-        h.write_u8(b'?');
-        h.write(q.as_bytes());
-    }
-    h.finish()
 }
 
 /// An agent that says nothing: empty, blank, or a placeholder dash.
@@ -221,5 +221,40 @@ mod tests {
         assert_eq!(next.distinct_paths_60s, 2);
         // Ten regular gaps make a cadence.
         assert!(last.interarrival_cv.is_some_and(|cv| cv < 0.1));
+    }
+
+    #[test]
+    fn behaviour_comes_whole_from_the_busier_record() {
+        // A person's tab polls every 5 s from behind a busy shared
+        // address: the account's rhythm is regular, the address is busy.
+        // Neither record alone is a metronome at bot rates, so neither may
+        // the combination be.
+        let stage = SignalsStage::new(Arc::new(ClientStore::new(1000)));
+        let bob = Identity::User {
+            source: Source::Jwt,
+            subject: "bob".into(),
+            tier: Tier::Free,
+            claims: Default::default(),
+        };
+        let nat = "192.0.2.200";
+        let mut s = Signals::default();
+        for i in 0..12u64 {
+            for j in 0..6u64 {
+                let path = ["/a", "/b", "/c", "/d", "/e", "/f"][j as usize];
+                observe(
+                    &stage,
+                    nat,
+                    path,
+                    &Identity::Anonymous,
+                    i * 5_000 + j * 37 + 11,
+                );
+            }
+            s = observe(&stage, nat, "/poll", &bob, i * 5_000);
+        }
+        assert!(s.rates[2] > 60, "the address's count: {s:?}");
+        assert!(
+            s.interarrival_cv.is_none_or(|cv| cv > 0.1),
+            "the address's rhythm, not the account's: {s:?}"
+        );
     }
 }

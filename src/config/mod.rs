@@ -264,7 +264,7 @@ impl Default for CrawlersConfig {
         CrawlersConfig {
             dns_servers: Vec::new(),
             dns_budget: Duration::from_millis(100),
-            dns_timeout: Duration::from_secs(2),
+            dns_timeout: Duration::from_secs(1),
             dns_cache_ttl: Duration::from_secs(3600),
         }
     }

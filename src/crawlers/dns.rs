@@ -1,12 +1,15 @@
 //! Forward-confirmed reverse DNS for crawler claims: the address's PTR
-//! names must end in one of the crawler's suffixes and resolve back to the
-//! address. Answers are remembered in a bounded cache; one lookup runs per
-//! address and crawler however many requests wait, a fixed number run at
-//! once, and a request waits at most the configured budget (the lookup
-//! itself goes on, in its own task, to answer the next request).
+//! names must lie under one of the crawler's suffixes and resolve back to
+//! the address. Answers are remembered in a bounded cache; one lookup runs
+//! per address and crawler however many requests wait; lookups are capped
+//! both in flight and per second (past either, the claim stays unknown and
+//! nothing is remembered); a request waits at most the configured budget
+//! (the lookup itself goes on, in its own task, to answer the next
+//! request).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,15 +30,22 @@ const CAPACITY: usize = 100_000;
 /// Lookups running at once at most; past it a claim stays unknown for now.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// PTR names looked at per address at most.
-const MAX_NAMES: usize = 4;
+/// PTR names looked at per address at most (each costs a forward lookup).
+const MAX_NAMES: usize = 2;
+
+/// New lookups per second at most (bursts of up to this many).
+const LOOKUPS_PER_SECOND: u32 = 50;
 
 /// How long a failed lookup (timeout, server failure) is remembered.
 const FAILURE_TTL: Duration = Duration::from_secs(30);
 
+/// A refuted claim is remembered at most this long, whatever the cache
+/// TTL, so a crawler's passing DNS trouble is not held against it for long.
+const REFUTED_TTL: Duration = Duration::from_secs(600);
+
 /// What DNS said about an address and a crawler.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Answer {
+pub enum Answer {
     /// A PTR name with the crawler's suffix resolves back to the address.
     Confirmed,
     /// No such name, or it does not resolve back.
@@ -60,14 +70,41 @@ impl Slot {
     }
 }
 
+impl Answer {
+    /// Every answer, in the order of [`LookupCounts::answered`].
+    pub const ALL: [Answer; 3] = [Answer::Confirmed, Answer::Refuted, Answer::Failed];
+
+    /// The `result` label of the lookup metric.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Answer::Confirmed => "confirmed",
+            Answer::Refuted => "refuted",
+            Answer::Failed => "failed",
+        }
+    }
+}
+
+/// Lookups by outcome, counted for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LookupCounts {
+    /// Per [`Answer`]: confirmed, refuted, failed.
+    pub answered: [AtomicU64; 3],
+    /// Lookups not started because too many ran or started lately.
+    pub skipped: AtomicU64,
+}
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
 /// The DNS side of crawler verification.
 pub struct ReverseDns {
     resolver: TokioResolver,
     slots: BoundedMap<(IpAddr, u16), Arc<Slot>>,
     in_flight: Arc<Semaphore>,
+    per_second: Limiter,
     budget: Duration,
     timeout: Duration,
     ttl: Duration,
+    counts: LookupCounts,
 }
 
 impl std::fmt::Debug for ReverseDns {
@@ -105,14 +142,22 @@ impl ReverseDns {
         options.timeout = config.dns_timeout;
         options.attempts = 1;
         let resolver = builder.build().map_err(|e| DnsSetupError(e.to_string()))?;
+        let rate = NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
         Ok(ReverseDns {
             resolver,
             slots: BoundedMap::new(CAPACITY),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            per_second: governor::RateLimiter::direct(governor::Quota::per_second(rate)),
             budget: config.dns_budget,
             timeout: config.dns_timeout,
             ttl: config.dns_cache_ttl,
+            counts: LookupCounts::default(),
         })
+    }
+
+    /// Lookups so far, by outcome.
+    pub fn counts(&self) -> &LookupCounts {
+        &self.counts
     }
 
     /// What is remembered for `ip` and crawler `crawler`: confirmed,
@@ -131,7 +176,7 @@ impl ReverseDns {
         self: &Arc<Self>,
         ip: IpAddr,
         crawler: u16,
-        suffixes: Arc<[Box<str>]>,
+        suffixes: Arc<[Suffix]>,
     ) -> Option<bool> {
         let key = (ip, crawler);
         let slot = self.slot(key);
@@ -144,14 +189,18 @@ impl ReverseDns {
         tokio::pin!(ready);
         ready.as_mut().enable();
         if !slot.started.swap(true, Ordering::AcqRel) {
-            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-                // Too many lookups running: leave this one for a later
-                // request.
-                slot.started.store(false, Ordering::Release);
-                return None;
+            let permit = match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) if self.per_second.check().is_ok() => permit,
+                _ => {
+                    // Too many lookups running or started lately: leave
+                    // this one for a later request.
+                    slot.started.store(false, Ordering::Release);
+                    self.counts.skipped.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
             };
             let dns = Arc::clone(self);
-            let task_slot = Arc::clone(&slot);
+            let finish = Finish(Arc::clone(&slot));
             tokio::spawn(async move {
                 let answer =
                     match tokio::time::timeout(dns.timeout, dns.lookup(ip, &suffixes)).await {
@@ -160,12 +209,13 @@ impl ReverseDns {
                     };
                 drop(permit);
                 let ttl = match answer {
+                    Answer::Confirmed => dns.ttl,
+                    Answer::Refuted => dns.ttl.min(REFUTED_TTL),
                     Answer::Failed => FAILURE_TTL,
-                    _ => dns.ttl,
                 };
-                tracing::debug!(%ip, ?answer, "crawler DNS check");
-                let _ = task_slot.answer.set((answer, Instant::now() + ttl));
-                task_slot.ready.notify_waiters();
+                dns.counts.answered[answer as usize].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%ip, answer = answer.as_str(), "crawler DNS check");
+                finish.answer(answer, ttl);
             });
         }
         if slot.answer.get().is_none() {
@@ -195,13 +245,15 @@ impl ReverseDns {
         self.slots.with(key, make, |s| s.clone())
     }
 
-    async fn lookup(&self, ip: IpAddr, suffixes: &[Box<str>]) -> Answer {
+    async fn lookup(&self, ip: IpAddr, suffixes: &[Suffix]) -> Answer {
         let names = match self.resolver.reverse_lookup(Name::from(ip)).await {
             Ok(lookup) => lookup
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
-                    RData::PTR(ptr) => Some(ptr.0.to_ascii()),
+                    RData::PTR(ptr) if suffixes.iter().any(|s| s.covers(&ptr.0)) => {
+                        Some(ptr.0.clone())
+                    }
                     _ => None,
                 })
                 .take(MAX_NAMES)
@@ -213,14 +265,14 @@ impl ReverseDns {
             }
         };
         let mut failed = false;
-        for name in names.iter().filter(|n| has_suffix(n, suffixes)) {
+        for name in names {
             let found = match ip {
-                IpAddr::V4(v4) => self.resolver.ipv4_lookup(name.as_str()).await.map(|l| {
+                IpAddr::V4(v4) => self.resolver.ipv4_lookup(name).await.map(|l| {
                     l.answers()
                         .iter()
                         .any(|r| matches!(&r.data, RData::A(a) if a.0 == v4))
                 }),
-                IpAddr::V6(v6) => self.resolver.ipv6_lookup(name.as_str()).await.map(|l| {
+                IpAddr::V6(v6) => self.resolver.ipv6_lookup(name).await.map(|l| {
                     l.answers()
                         .iter()
                         .any(|r| matches!(&r.data, RData::AAAA(a) if a.0 == v6))
@@ -256,34 +308,131 @@ fn no_such_name(e: &NetError) -> bool {
     e.is_nx_domain() || e.is_no_records_found()
 }
 
-/// Whether a host name (`crawl-1.googlebot.com.`) ends in one of the
-/// suffixes at a label boundary, ignoring case and the root dot.
-fn has_suffix(name: &str, suffixes: &[Box<str>]) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name).as_bytes();
-    suffixes.iter().any(|s| {
-        let s = s.as_bytes();
-        name.len() > s.len()
-            && name[name.len() - s.len() - 1] == b'.'
-            && name[name.len() - s.len()..].eq_ignore_ascii_case(s)
-    })
+/// Settles a slot when its lookup task ends — with the task's answer, or
+/// as failed if the task panicked or was cancelled — and wakes whoever
+/// waits, so no slot is left started without an answer.
+struct Finish(Arc<Slot>);
+
+impl Finish {
+    fn answer(self, answer: Answer, ttl: Duration) {
+        let _ = self.0.answer.set((answer, Instant::now() + ttl));
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .answer
+            .set((Answer::Failed, Instant::now() + FAILURE_TTL));
+        self.0.ready.notify_waiters();
+    }
+}
+
+/// Host names a crawler's addresses reverse-resolve to: every name under a
+/// domain (`googlebot.com`), or names one label under a domain whose first
+/// label starts so (`rate-limited-proxy-*.google.com`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suffix {
+    /// The first label's required start, for the `prefix*.domain` form.
+    first: Option<Box<[u8]>>,
+    /// The domain's labels, lower case.
+    domain: Box<[Box<[u8]>]>,
+}
+
+impl Suffix {
+    /// Parse `googlebot.com` or `crawl-*.googlebot.com` (dots around are
+    /// ignored). The domain needs two labels or more.
+    pub fn parse(text: &str) -> Result<Suffix, String> {
+        let text = text.trim_matches('.').to_ascii_lowercase();
+        let (first, domain) = match text.split_once('.') {
+            Some((label, rest)) if label.ends_with('*') => (Some(&label[..label.len() - 1]), rest),
+            _ => (None, text.as_str()),
+        };
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        };
+        let labels: Vec<&str> = domain.split('.').collect();
+        let first_ok = first.is_none_or(|f| f.is_empty() || label_ok(f));
+        if labels.len() < 2 || !labels.iter().all(|l| label_ok(l)) || !first_ok {
+            return Err(format!(
+                "rdns suffix `{text}` must be a domain of two labels or more, like \"googlebot.com\", optionally after `prefix*.`"
+            ));
+        }
+        Ok(Suffix {
+            first: first.map(|f| f.as_bytes().into()),
+            domain: labels.iter().map(|l| l.as_bytes().into()).collect(),
+        })
+    }
+
+    /// Whether a DNS name lies under this suffix, compared label by label
+    /// (ASCII case-insensitively), never as text.
+    pub fn covers(&self, name: &Name) -> bool {
+        let labels: Vec<&[u8]> = name.iter().collect();
+        let n = self.domain.len();
+        if labels.len() <= n {
+            return false;
+        }
+        let (head, tail) = labels.split_at(labels.len() - n);
+        let under = tail
+            .iter()
+            .zip(self.domain.iter())
+            .all(|(a, b)| a.eq_ignore_ascii_case(b));
+        under
+            && self.first.as_ref().is_none_or(|prefix| {
+                head.len() == 1
+                    && head[0].len() >= prefix.len()
+                    && head[0][..prefix.len()].eq_ignore_ascii_case(prefix)
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).unwrap()
+    }
+
     #[test]
-    fn suffixes_match_at_label_boundaries_only() {
-        let s: Vec<Box<str>> = vec!["googlebot.com".into(), "google.com".into()];
-        assert!(has_suffix("crawl-66-249-66-1.googlebot.com.", &s));
-        assert!(has_suffix("rate-limited-proxy-66-249-90-77.GOOGLE.com", &s));
+    fn suffixes_match_label_by_label() {
+        let bot = Suffix::parse("googlebot.com").unwrap();
+        assert!(bot.covers(&name("crawl-66-249-66-1.googlebot.com.")));
+        assert!(bot.covers(&name("geo-crawl-1.geo.GOOGLEBOT.com")));
         assert!(
-            !has_suffix("googlebot.com.", &s),
-            "the bare domain is no crawler host"
+            !bot.covers(&name("googlebot.com.")),
+            "the domain itself is no crawler host"
         );
-        assert!(!has_suffix("evilgooglebot.com", &s));
-        assert!(!has_suffix("crawl.googlebot.com.evil.example.", &s));
-        assert!(!has_suffix("", &s));
-        assert!(!has_suffix(".", &s));
+        assert!(!bot.covers(&name("evilgooglebot.com")));
+        assert!(!bot.covers(&name("crawl.googlebot.com.evil.example.")));
+        // One label holding a dot, as a hostile PTR record can send: its
+        // text looks like a name under googlebot.com, its labels do not.
+        let tricky =
+            Name::from_labels(vec![b"crawl-1.googlebot".to_vec(), b"com".to_vec()]).unwrap();
+        assert!(!bot.covers(&tricky));
+
+        let proxy = Suffix::parse("rate-limited-proxy-*.google.com").unwrap();
+        assert!(proxy.covers(&name("rate-limited-proxy-66-249-90-77.google.com.")));
+        assert!(!proxy.covers(&name("google-proxy-66-249-81-1.google.com.")));
+        assert!(!proxy.covers(&name("x.rate-limited-proxy-1.google.com.")));
+
+        for bad in [
+            "com",
+            "",
+            "*.com",
+            "a..b",
+            "bad_label.com",
+            "a*b.example.com",
+            "x.*.com",
+        ] {
+            assert!(Suffix::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Suffix::parse(".Search.MSN.com."),
+            Suffix::parse("search.msn.com")
+        );
     }
 }

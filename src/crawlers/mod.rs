@@ -21,9 +21,8 @@ pub struct Crawler {
     pub name: Arc<str>,
     /// Its published address ranges.
     pub ranges: NetSet,
-    /// Host name suffixes its addresses reverse-resolve to (lower case,
-    /// without leading or trailing dots).
-    pub rdns: Arc<[Box<str>]>,
+    /// Host name suffixes its addresses reverse-resolve to.
+    pub rdns: Arc<[dns::Suffix]>,
 }
 
 /// The crawlers of all rule files, with one user-agent matcher for all.
@@ -119,13 +118,29 @@ pub struct DnsSetupError(String);
 impl Crawlers {
     /// Crawlers with DNS set up when any of them names reverse-DNS
     /// suffixes.
+    /// Without `dns_servers`, a system without a usable DNS configuration
+    /// gets a warning, and claims that need DNS stay unknown.
     pub fn new(defs: Definitions, config: &CrawlersConfig) -> Result<Self, DnsSetupError> {
-        let dns = if defs.list.iter().any(|c| !c.rdns.is_empty()) {
-            Some(Arc::new(ReverseDns::new(config)?))
-        } else {
+        let dns = if !defs.list.iter().any(|c| !c.rdns.is_empty()) {
             None
+        } else {
+            match ReverseDns::new(config) {
+                Ok(dns) => Some(Arc::new(dns)),
+                Err(e) if config.dns_servers.is_empty() => {
+                    tracing::warn!(
+                        "{e}; crawler claims that need DNS stay unknown (set crawlers.dns_servers)"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            }
         };
         Ok(Crawlers { defs, dns })
+    }
+
+    /// Reverse-DNS lookups so far, if DNS is in use.
+    pub fn dns_counts(&self) -> Option<&dns::LookupCounts> {
+        self.dns.as_deref().map(ReverseDns::counts)
     }
 
     /// The crawlers.
@@ -207,7 +222,10 @@ mod tests {
                 Crawler {
                     name: "googlebot".into(),
                     ranges: NetSet::new(&["66.249.64.0/27".parse::<Cidr>().unwrap()]),
-                    rdns: rdns.iter().map(|s| Box::from(*s)).collect(),
+                    rdns: rdns
+                        .iter()
+                        .map(|s| dns::Suffix::parse(s).unwrap())
+                        .collect(),
                 },
                 Crawler {
                     name: "bingbot".into(),

@@ -20,6 +20,7 @@ use super::condition::{Comparison, Condition, IdentityKind, SignalName};
 use super::netset::NetSet;
 use super::{Effect, Mode, Rule, RuleSet};
 use crate::config::{ConfigError, OneOrMany, Origin, parse_toml};
+use crate::crawlers::dns::Suffix;
 use crate::crawlers::{Crawler, Definitions, Status};
 use crate::forwarded::Cidr;
 use crate::limits::Rate;
@@ -320,6 +321,7 @@ pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
     }
     if !agent_patterns.is_empty() {
         let set = BytesRegexSetBuilder::new(&agent_patterns)
+            .unicode(false)
             .size_limit(REGEX_SIZE_LIMIT)
             .build()
             .map_err(|e| ConfigError::Inconsistent {
@@ -377,24 +379,11 @@ fn compile_crawler(def: CrawlerDef, dir: &Path) -> Result<(Crawler, Vec<String>)
             nets.extend(ip_list(&dir.join(f)).or_else(|e| at(span.clone(), e))?);
         }
     }
-    let mut rdns: Vec<Box<str>> = Vec::new();
+    let mut rdns = Vec::new();
     if let Some(v) = def.rdns {
         let (span, list) = strings(v)?;
         for suffix in &list {
-            let s = suffix.trim_matches('.').to_ascii_lowercase();
-            if !s.contains('.')
-                || !s
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-            {
-                return at(
-                    span,
-                    format!(
-                        "rdns suffix `{suffix}` must be a domain with at least two labels, like \"googlebot.com\""
-                    ),
-                );
-            }
-            rdns.push(s.into());
+            rdns.push(Suffix::parse(suffix).or_else(|e| at(span.clone(), e))?);
         }
     }
     if nets.is_empty() && rdns.is_empty() {
@@ -762,6 +751,7 @@ fn bytes_regex(pattern: &str, span: Range<usize>) -> Result<BytesRegex, Located>
         );
     }
     regex::bytes::RegexBuilder::new(pattern)
+        .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| Located {
@@ -770,10 +760,14 @@ fn bytes_regex(pattern: &str, span: Range<usize>) -> Result<BytesRegex, Located>
         })
 }
 
-/// Regexes matched against bytes, as one set.
+/// Regexes matched against bytes, as one set. ASCII classes (`\w`, `\b`,
+/// `(?i)`) unless a pattern opts in with `(?u)`: Unicode word boundaries
+/// on hostile non-ASCII input fall back to a slow engine, and a client
+/// chooses the bytes.
 fn bytes_regex_set(patterns: &[String], span: Range<usize>) -> Result<BytesRegexSet, Located> {
     check_patterns(patterns, span.clone())?;
     BytesRegexSetBuilder::new(patterns)
+        .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| Located {

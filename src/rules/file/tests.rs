@@ -129,6 +129,12 @@ fn matches(rule_when: &str, yes: Req, no: Req) {
 
 #[test]
 fn each_condition_matches_and_misses() {
+    // Patterns are ASCII-classed, but non-ASCII literals still match.
+    matches(
+        "when.user_agent = '(?i)büro\\b'",
+        req("/").header("user-agent", "BÜRO büro/1.0"),
+        req("/").header("user-agent", "Büros/1.0"),
+    );
     matches(
         "when.crawler = [\"spoofed\", \"unknown\"]",
         req("/").crawler(Claim::Unknown(3)),
@@ -573,6 +579,7 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         ("metronome", person().rates([1, 10, 60, 60]).cadence(Some(0.02)), person().rates([1, 5, 12, 12]).cadence(Some(0.02))),
         ("metronome", person().rates([1, 10, 60, 60]).cadence(Some(0.02)), person().rates([1, 10, 60, 60]).cadence(None)),
         ("verified-crawler", person().crawler(Claim::Verified(0)), person().crawler(Claim::Unknown(0))),
+        ("unconfirmed-crawler", person().crawler(Claim::Unknown(0)), person().crawler(Claim::Verified(0))),
         ("spoofed-crawler", person().crawler(Claim::Spoofed(0)), person().crawler(Claim::Unknown(0))),
         (
             "declared-bot",
@@ -600,6 +607,20 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
             req("/").header("user-agent", "Mozilla/5.0 (compatible; Linkwalker/1.0)"),
             req("/").header("user-agent", "Mozilla/4.0 (compatible; MSIE 8.0; Windows NT 5.1; Trident/4.0; .NET CLR 2.0.50727)"),
         ),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "status-checker/2.0"),
+            req("/").header("user-agent", "AndroidDownloadManager/13 (Linux; U; Android 13; Pixel 7 Build/TQ3A.230901.001)"),
+        ),
+        (
+            "declared-bot",
+            req("/").header("user-agent", "acme-feed-sync/1.0"),
+            req("/").header("user-agent", "Microsoft-WebDAV-MiniRedir/10.0.19045"),
+        ),
+        ("declared-bot", req("/").header("user-agent", "sitegrabber/0.9"), req("/").header("user-agent", "w3m/0.5.3+git20230121")),
+        ("declared-bot", req("/").header("user-agent", "sitegrabber/0.9"), req("/").header("user-agent", "Dillo/3.0.5")),
+        ("declared-bot", req("/").header("user-agent", "sitegrabber/0.9"), req("/").header("user-agent", "VLC/3.0.20 LibVLC/3.0.20")),
+        ("declared-bot", req("/").header("user-agent", "Pingdom.com_bot_version_1.4"), req("/").header("user-agent", "Mozilla/5.0 (Linux; Android 14) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Mobile Safari/537.36 AmazonShopping/24.1")),
         (
             "declared-bot",
             req("/").header("user-agent", "ExampleCrawler/1.0"),
