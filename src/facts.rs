@@ -35,6 +35,10 @@ pub struct Facts<'a> {
     /// (see `Crawlers::verify`); otherwise the classifier checks it
     /// without waiting.
     pub crawler: Option<crate::crawlers::Claim>,
+    /// Whether `headers` holds only what a log recorded: then a header
+    /// missing from it is unknown, not absent, and rules about it neither
+    /// match nor fail (see `Condition::eval`).
+    pub headers_partial: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -62,6 +66,7 @@ impl<'a> Facts<'a> {
             now,
             session: None,
             crawler: None,
+            headers_partial: false,
         }
     }
 }

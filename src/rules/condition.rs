@@ -121,8 +121,9 @@ impl SignalName {
             .map(|i| Self::ALL[i])
     }
 
-    fn value(self, s: &Signals) -> f64 {
-        match self {
+    /// The signal's value, if known.
+    fn value(self, s: &Signals) -> Option<f64> {
+        Some(match self {
             SignalName::AuthFailures5m => f64::from(s.auth_failures_5m),
             SignalName::Rate1s => f64::from(s.rates[0]),
             SignalName::Rate10s => f64::from(s.rates[1]),
@@ -136,9 +137,8 @@ impl SignalName {
                 f64::from(s.status_4xx_60s) / f64::from(s.answered_60s)
             }
             SignalName::DistinctPaths60s => f64::from(s.distinct_paths_60s),
-            // NaN: no comparison holds on what is not known yet.
-            SignalName::InterarrivalCv => s.interarrival_cv.map_or(f64::NAN, f64::from),
-        }
+            SignalName::InterarrivalCv => f64::from(s.interarrival_cv?),
+        })
     }
 }
 
@@ -246,14 +246,41 @@ impl Condition {
         }
     }
 
-    /// Whether the condition holds for a request.
-    pub fn matches(&self, input: &Input<'_, '_>) -> bool {
+    /// Whether the condition holds for a request: `Some(true)`,
+    /// `Some(false)`, or `None` when it cannot be known (a header a log
+    /// did not record, a signal without enough data). Unknown propagates
+    /// as in three-valued logic: `all` is false if any part is false,
+    /// `any` true if any part is true, `not` of unknown is unknown. A rule
+    /// fires only on `Some(true)`.
+    pub fn eval(&self, input: &Input<'_, '_>) -> Option<bool> {
         let facts = input.facts;
-        match self {
+        // Absent from the headers: absent, or unrecorded in a log.
+        let absent = || (!facts.headers_partial).then_some(false);
+        Some(match self {
             Condition::Always => true,
-            Condition::All(all) => all.iter().all(|c| c.matches(input)),
-            Condition::Any(any) => any.iter().any(|c| c.matches(input)),
-            Condition::Not(c) => !c.matches(input),
+            Condition::All(all) => {
+                let mut unknown = false;
+                for c in all {
+                    match c.eval(input) {
+                        Some(false) => return Some(false),
+                        None => unknown = true,
+                        Some(true) => {}
+                    }
+                }
+                return (!unknown).then_some(true);
+            }
+            Condition::Any(any) => {
+                let mut unknown = false;
+                for c in any {
+                    match c.eval(input) {
+                        Some(true) => return Some(true),
+                        None => unknown = true,
+                        Some(false) => {}
+                    }
+                }
+                return (!unknown).then_some(false);
+            }
+            Condition::Not(c) => return c.eval(input).map(|b| !b),
             Condition::Method(methods) => methods.contains(facts.method),
             Condition::PathPrefix(prefixes) => {
                 prefixes.iter().any(|p| input.path.starts_with(p.as_str()))
@@ -268,29 +295,60 @@ impl Condition {
                 let name = host_name(h);
                 hosts.iter().any(|x| x.eq_ignore_ascii_case(name))
             }),
-            Condition::HeaderPresent(names) => names.iter().all(|n| facts.headers.contains_key(n)),
-            Condition::HeaderAbsent(names) => !names.iter().any(|n| facts.headers.contains_key(n)),
-            Condition::Header(name, regex) => facts
-                .headers
-                .get_all(name)
-                .iter()
-                .any(|v| regex.is_match(v.as_bytes())),
-            Condition::AnyHeader(regex) => {
-                facts.headers.values().any(|v| regex.is_match(v.as_bytes()))
+            Condition::HeaderPresent(names) => {
+                if !names.iter().all(|n| facts.headers.contains_key(n)) {
+                    return absent();
+                }
+                true
             }
-            Condition::UserAgent(set) => facts.user_agent.is_some_and(|ua| set.is_match(ua)),
-            Condition::UserAgentContains(ac) => facts.user_agent.is_some_and(|ua| ac.is_match(ua)),
-            Condition::UserAgentMissing => input.signals.user_agent_missing,
+            Condition::HeaderAbsent(names) => {
+                if names.iter().any(|n| facts.headers.contains_key(n)) {
+                    return Some(false);
+                }
+                return absent().map(|_| true);
+            }
+            Condition::Header(name, regex) => {
+                let mut values = facts.headers.get_all(name).iter().peekable();
+                if values.peek().is_none() {
+                    return absent();
+                }
+                values.any(|v| regex.is_match(v.as_bytes()))
+            }
+            Condition::AnyHeader(regex) => {
+                if facts.headers.values().any(|v| regex.is_match(v.as_bytes())) {
+                    return Some(true);
+                }
+                return absent();
+            }
+            Condition::UserAgent(set) => match facts.user_agent {
+                Some(ua) => set.is_match(ua),
+                None => return absent(),
+            },
+            Condition::UserAgentContains(ac) => match facts.user_agent {
+                Some(ua) => ac.is_match(ua),
+                None => return absent(),
+            },
+            Condition::UserAgentMissing => {
+                if facts.user_agent.is_none() && facts.headers_partial {
+                    return None;
+                }
+                input.signals.user_agent_missing
+            }
             Condition::Ip(nets) => nets.contains(facts.client_ip),
             Condition::Identity(kinds) => kinds.contains(&IdentityKind::of(input.identity)),
             Condition::IdentityClass(classes) => classes.contains(&input.identity.class()),
-            Condition::Signal(name, cmp) => cmp.holds(name.value(input.signals)),
+            Condition::Signal(name, cmp) => return name.value(input.signals).map(|v| cmp.holds(v)),
             Condition::Crawler(statuses) => statuses.contains(&input.signals.crawler.status()),
             Condition::Claim(m) => input
                 .identity
                 .claims()
                 .is_some_and(|claims| crate::identity::jwt::claim_matches(m, claims)),
-        }
+        })
+    }
+
+    /// Whether the condition certainly holds (unknown counts as no).
+    pub fn matches(&self, input: &Input<'_, '_>) -> bool {
+        self.eval(input) == Some(true)
     }
 }
 

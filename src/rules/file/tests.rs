@@ -30,6 +30,7 @@ struct Req {
     ip: &'static str,
     identity: Identity,
     signals: Signals,
+    partial: bool,
 }
 
 fn req(uri: &'static str) -> Req {
@@ -43,6 +44,7 @@ fn req(uri: &'static str) -> Req {
         ip: "192.0.2.10",
         identity: Identity::Anonymous,
         signals: Signals::default(),
+        partial: false,
     }
 }
 
@@ -89,6 +91,11 @@ impl Req {
         self.signals.interarrival_cv = cv;
         self
     }
+    /// As a log line: headers not given were not recorded.
+    fn logged(mut self) -> Self {
+        self.partial = true;
+        self
+    }
     fn crawler(mut self, claim: Claim) -> Self {
         self.signals.crawler = claim;
         self
@@ -107,7 +114,8 @@ impl Req {
         }
         let (parts, ()) = b.body(()).unwrap().into_parts();
         let ip = self.ip.parse().unwrap();
-        let facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+        let mut facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
+        facts.headers_partial = self.partial;
         rules
             .evaluate(&facts, &self.identity, &self.signals)
             .reasons
@@ -292,6 +300,44 @@ fn each_condition_matches_and_misses() {
         "when = { path_prefix = \"/api\", method = \"DELETE\" }",
         req("/api/x").method("DELETE"),
         req("/api/x"),
+    );
+}
+
+#[test]
+fn headers_a_log_did_not_record_are_unknown_not_absent() {
+    // Live, a missing header is absent; in a log, unrecorded.
+    for when in [
+        "when.header_absent = \"accept-language\"",
+        "when.not.header_present = \"accept-language\"",
+        "when.all = [{ path_prefix = \"/\" }, { header_absent = \"accept-language\" }]",
+        "when.header = { name = \"accept-language\", matches = \"\\\\*\" }",
+        "when.not.header = { name = \"accept-language\", matches = \"en\" }",
+        "when.not.any_header = \"en-GB\"",
+    ] {
+        let rules = rules_from(&format!("[[rule]]\nname = \"r\"\nscore = 1\n{when}\n")).unwrap();
+        let live = req("/").against(&rules);
+        let logged = req("/").logged().against(&rules);
+        assert!(logged.is_empty(), "{when}: fired on an unrecorded header");
+        if !when.contains("matches = \"\\\\*") {
+            assert_eq!(live, ["r"], "{when}: live, the header is absent");
+        }
+    }
+    // What the log did record still decides, and `any` can be true anyway.
+    matches(
+        "when.any = [{ path_prefix = \"/.env\" }, { header_absent = \"accept-language\" }]",
+        req("/.env").logged(),
+        req("/").logged(),
+    );
+    matches(
+        "when.header_present = \"user-agent\"",
+        req("/").logged(),
+        req("/").no_user_agent(),
+    );
+    let rules =
+        rules_from("[[rule]]\nname = \"r\"\nscore = 1\nwhen.user_agent_missing = true").unwrap();
+    assert!(
+        req("/").no_user_agent().logged().against(&rules).is_empty(),
+        "an unrecorded user agent is not a missing one"
     );
 }
 
