@@ -44,6 +44,12 @@ pub enum Command {
     /// Work with API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Run the rules over an access log (nginx/Apache combined or JSON
+    /// lines) with the log's timestamps as the clock: a summary table on
+    /// stdout, per-request verdicts with --out, and with --compare every
+    /// request another config would classify differently. Headers a log
+    /// did not record are unknown, not absent.
+    Replay(crate::replay::command::ReplayArgs),
 }
 
 /// `usher keys` subcommands.
@@ -110,6 +116,9 @@ pub enum CliError {
     /// The input was not usable (exit 2).
     #[error("{0}")]
     Usage(String),
+    /// Reading input or writing output failed (exit 1).
+    #[error("{0}")]
+    Io(std::io::Error),
 }
 
 impl CliError {
@@ -117,7 +126,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
-            CliError::Serve(_) | CliError::Runtime(_) => 1,
+            CliError::Serve(_) | CliError::Runtime(_) | CliError::Io(_) => 1,
         }
     }
 }
@@ -128,6 +137,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Check(args) => check(&args),
         Command::Keys(KeysCommand::Hash(args)) => hash_key(&args),
+        Command::Replay(args) => crate::replay::command::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

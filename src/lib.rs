@@ -19,6 +19,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod replay;
 pub mod rules;
 pub mod server;
 pub mod signals;
