@@ -90,6 +90,11 @@ impl Classifier {
         &self.signals
     }
 
+    /// The rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
     /// The crawlers whose claims are verified.
     pub fn crawlers(&self) -> &Crawlers {
         &self.crawlers

@@ -50,6 +50,11 @@ pub enum Command {
     /// request another config would classify differently. Headers a log
     /// did not record are unknown, not absent.
     Replay(crate::replay::command::ReplayArgs),
+    /// Run one request through the pipeline and show its facts, identity,
+    /// signals, every rule with matched / not matched and the condition
+    /// that decided, and the verdict. Example:
+    /// `usher explain -H 'User-Agent: curl/8' GET /wp-login.php`.
+    Explain(crate::explain::ExplainArgs),
 }
 
 /// `usher keys` subcommands.
@@ -138,6 +143,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check(args) => check(&args),
         Command::Keys(KeysCommand::Hash(args)) => hash_key(&args),
         Command::Replay(args) => crate::replay::command::run(&args),
+        Command::Explain(args) => crate::explain::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

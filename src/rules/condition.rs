@@ -40,6 +40,17 @@ impl IdentityKind {
         }
     }
 
+    /// The kind's name in rule files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Anonymous => "anonymous",
+            IdentityKind::User => "user",
+            IdentityKind::Service => "service",
+            IdentityKind::Invalid => "invalid",
+            IdentityKind::Unverified => "unverified",
+        }
+    }
+
     /// Parse a kind's name.
     pub fn parse(name: &str) -> Option<Self> {
         Some(match name {
@@ -113,6 +124,12 @@ impl SignalName {
         SignalName::InterarrivalCv,
     ];
 
+    /// The signal's name in rule files.
+    pub fn as_str(self) -> &'static str {
+        let i = Self::ALL.iter().position(|s| *s == self).unwrap_or(0);
+        Self::NAMES[i]
+    }
+
     /// Parse a signal's name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::NAMES
@@ -153,6 +170,17 @@ pub enum Comparison {
     Lt(f64),
     /// `<=`
     Le(f64),
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Comparison::Gt(x) => write!(f, "> {x}"),
+            Comparison::Ge(x) => write!(f, ">= {x}"),
+            Comparison::Lt(x) => write!(f, "< {x}"),
+            Comparison::Le(x) => write!(f, "<= {x}"),
+        }
+    }
 }
 
 impl Comparison {
@@ -349,6 +377,142 @@ impl Condition {
     /// Whether the condition certainly holds (unknown counts as no).
     pub fn matches(&self, input: &Input<'_, '_>) -> bool {
         self.eval(input) == Some(true)
+    }
+
+    /// The condition's result and the part that decided it, in words: for
+    /// `all`, the first part that failed (or all of them when it held);
+    /// for `any`, the first that held. For `usher explain`; not on the hot
+    /// path.
+    pub fn explain(&self, input: &Input<'_, '_>) -> (Option<bool>, String) {
+        let result = self.eval(input);
+        let because = match self {
+            Condition::All(parts) | Condition::Any(parts) => {
+                let decided = |want: Option<bool>| {
+                    parts
+                        .iter()
+                        .map(|c| c.explain(input))
+                        .find(|(r, _)| *r == want)
+                        .map(|(_, why)| why)
+                };
+                let is_all = matches!(self, Condition::All(_));
+                match (result, is_all) {
+                    (Some(true), true) => {
+                        let all: Vec<String> = parts.iter().map(|c| c.explain(input).1).collect();
+                        all.join(" and ")
+                    }
+                    (Some(false), false) => {
+                        let all: Vec<String> = parts.iter().map(|c| c.explain(input).1).collect();
+                        format!("none of: {}", all.join(" or "))
+                    }
+                    (r, _) => decided(r).unwrap_or_default(),
+                }
+            }
+            Condition::Not(inner) => format!("not ({})", inner.explain(input).1),
+            leaf => leaf.describe(input),
+        };
+        (result, because)
+    }
+
+    /// One condition (not a combination) in words, with what the request
+    /// had where that helps.
+    fn describe(&self, input: &Input<'_, '_>) -> String {
+        let facts = input.facts;
+        let list = |items: Vec<String>| {
+            if items.len() > 4 {
+                format!("[{}, … {} in all]", items[..3].join(", "), items.len())
+            } else {
+                format!("[{}]", items.join(", "))
+            }
+        };
+        let quoted = |items: &[String]| {
+            list(
+                items
+                    .iter()
+                    .map(|p| match p.char_indices().nth(48) {
+                        Some((cut, _)) => format!("'{}…'", &p[..cut]),
+                        None => format!("'{p}'"),
+                    })
+                    .collect(),
+            )
+        };
+        match self {
+            Condition::Always => "always".to_owned(),
+            Condition::All(_) | Condition::Any(_) | Condition::Not(_) => String::new(),
+            Condition::Method(m) => format!(
+                "method is one of {} (is {})",
+                list(m.iter().map(|m| m.to_string()).collect()),
+                facts.method
+            ),
+            Condition::PathPrefix(p) => format!(
+                "path starts with one of {} (normalised path {})",
+                quoted(p),
+                input.path
+            ),
+            Condition::Path(set) => match set.matches(input.path).iter().next() {
+                Some(i) => format!("path matches '{}'", set.patterns()[i]),
+                None => format!("path matches one of {}", quoted(set.patterns())),
+            },
+            Condition::PathEscapesRoot => "the path climbs above the root".to_owned(),
+            Condition::Query(set) => format!("query matches one of {}", quoted(set.patterns())),
+            Condition::Host(h) => format!("host is one of {}", quoted(h)),
+            Condition::HeaderPresent(n) => format!(
+                "headers present: {}",
+                list(n.iter().map(|n| n.to_string()).collect())
+            ),
+            Condition::HeaderAbsent(n) => format!(
+                "headers absent: {}",
+                list(n.iter().map(|n| n.to_string()).collect())
+            ),
+            Condition::Header(name, re) => format!("header {name} matches '{}'", re.as_str()),
+            Condition::AnyHeader(re) => format!("some header matches '{}'", re.as_str()),
+            Condition::UserAgent(set) => {
+                let hit = facts
+                    .user_agent
+                    .and_then(|ua| set.matches(ua).iter().next());
+                match hit {
+                    Some(i) => format!("user agent matches '{}'", set.patterns()[i]),
+                    None => format!("user agent matches one of {}", quoted(set.patterns())),
+                }
+            }
+            Condition::UserAgentContains(ac) => {
+                match facts
+                    .user_agent
+                    .and_then(|ua| ac.find(ua).map(|m| &ua[m.range()]))
+                {
+                    Some(hit) => format!("user agent contains '{}'", String::from_utf8_lossy(hit)),
+                    None => format!(
+                        "user agent contains one of the rule's {} strings",
+                        ac.patterns_len()
+                    ),
+                }
+            }
+            Condition::UserAgentMissing => "no usable user agent".to_owned(),
+            Condition::Ip(_) => {
+                format!("client address {} in the rule's networks", facts.client_ip)
+            }
+            Condition::Identity(kinds) => format!(
+                "identity is one of {} (is {})",
+                list(kinds.iter().map(|k| k.as_str().to_owned()).collect()),
+                IdentityKind::of(input.identity).as_str()
+            ),
+            Condition::IdentityClass(classes) => format!(
+                "the identity's class is one of {} (is {})",
+                list(classes.iter().map(|c| c.as_str().to_owned()).collect()),
+                input.identity.class()
+            ),
+            Condition::Signal(name, cmp) => {
+                let value = name
+                    .value(input.signals)
+                    .map_or_else(|| "unknown".to_owned(), |v| format!("{v}"));
+                format!("{} {cmp} (is {value})", name.as_str())
+            }
+            Condition::Crawler(statuses) => format!(
+                "crawler claim is one of {} (is {})",
+                list(statuses.iter().map(|s| s.as_str().to_owned()).collect()),
+                input.signals.crawler.status().as_str()
+            ),
+            Condition::Claim(m) => format!("claim {} is one of {}", m.claim, quoted(&m.any_of)),
+        }
     }
 }
 

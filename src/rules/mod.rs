@@ -50,6 +50,21 @@ pub struct Rule {
     pub mode: Mode,
 }
 
+/// One rule's result on one request, explained.
+#[derive(Clone, Debug)]
+pub struct Trace {
+    /// The rule.
+    pub name: Arc<str>,
+    /// Enforced or shadow.
+    pub mode: Mode,
+    /// Matched, did not, or could not be known.
+    pub matched: Option<bool>,
+    /// The condition that decided, in words.
+    pub because: String,
+    /// What the rule does when it matches.
+    pub effect: Effect,
+}
+
 /// What the rules concluded about one request.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outcome {
@@ -131,6 +146,34 @@ impl RuleSet {
     /// The rules, in evaluation order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Each rule's result on one request and the condition that decided
+    /// it, in order (for `usher explain`).
+    pub fn trace(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) -> Vec<Trace> {
+        let normalized = path::normalize(facts.path);
+        let query_decoded = facts.query.and_then(path::decode_query);
+        let input = Input {
+            facts,
+            identity,
+            signals,
+            path: &normalized.path,
+            escaped_root: normalized.escaped_root,
+            query_decoded: query_decoded.as_deref(),
+        };
+        self.rules
+            .iter()
+            .map(|rule| {
+                let (matched, because) = rule.when.explain(&input);
+                Trace {
+                    name: rule.name.clone(),
+                    mode: rule.mode,
+                    matched,
+                    because,
+                    effect: rule.effect.clone(),
+                }
+            })
+            .collect()
     }
 
     /// Evaluate every rule against one request.
