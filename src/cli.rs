@@ -55,6 +55,12 @@ pub enum Command {
     /// that decided, and the verdict. Example:
     /// `usher explain -H 'User-Agent: curl/8' GET /wp-login.php`.
     Explain(crate::explain::ExplainArgs),
+    /// A first look: usher with the default rules in front of a built-in
+    /// upstream, fed synthetic traffic of every kind (people, free and
+    /// paying accounts, an API client, a verified and a spoofed crawler, a
+    /// scraper, a credential stuffer); prints what usher made of it every
+    /// few seconds. Ctrl-C stops it, or --duration.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// `usher keys` subcommands.
@@ -144,6 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys(KeysCommand::Hash(args)) => hash_key(&args),
         Command::Replay(args) => crate::replay::command::run(&args),
         Command::Explain(args) => crate::explain::run(&args),
+        Command::Demo(args) => crate::demo::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

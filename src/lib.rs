@@ -13,6 +13,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod crawlers;
+pub mod demo;
 pub mod explain;
 pub mod facts;
 pub mod forwarded;
