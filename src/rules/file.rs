@@ -783,7 +783,12 @@ fn read(path: &Path) -> Result<Origin, ConfigError> {
 fn expand(globs: &[String], base: &Path, diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     for glob in globs {
-        let path = base.join(glob);
+        // `rules/a.toml` rather than `./rules/a.toml` in diagnostics.
+        let path = if base == Path::new(".") {
+            PathBuf::from(glob)
+        } else {
+            base.join(glob)
+        };
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -1130,8 +1135,17 @@ fn check_pattern(pattern: &str, span: Range<usize>, bytes: bool) -> Result<(), L
     }
 }
 
-/// A regex error on one line: the pattern and what is wrong with it.
+/// A regex error on one line: the pattern (its start, if long) and what
+/// is wrong with it.
 fn regex_error(pattern: &str, e: &regex::Error) -> String {
+    const SHOWN: usize = 48;
+    let short: String;
+    let pattern = if pattern.chars().count() > SHOWN {
+        short = pattern.chars().take(SHOWN).chain(['…']).collect();
+        &short
+    } else {
+        pattern
+    };
     match e {
         regex::Error::Syntax(text) => {
             let why = text
