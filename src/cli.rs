@@ -90,9 +90,10 @@ pub struct ServeArgs {
 
 /// `usher check --help`.
 const CHECK_HELP: &str = "Validate a config file together with the rule files and key files it \
-    names, without starting. Every problem is reported, not just the first: a file that is not \
-    valid TOML stops at its first error, but every broken rule and crawler, in every rule file, \
-    is listed.\n\n\
+    names, without starting. Every broken rule and crawler, in every rule file, is reported, \
+    not just the first, together with key-file errors. A rule file that is not valid TOML stops \
+    at its first syntax error; usher.toml and each key file stop at their first error, and \
+    rules are checked only once usher.toml is valid (it names them).\n\n\
     Errors make usher refuse to start: invalid values, unknown keys, bad regexes or CIDR blocks, \
     duplicate rule names, regexes that match the empty string (they would match everything), \
     unreadable files.\n\n\
@@ -222,12 +223,18 @@ fn human_report(config: &std::path::Path, found: &Diagnostics) -> String {
 }
 
 fn json_report(found: &Diagnostics) -> String {
-    serde_json::json!({
-        "ok": !found.has_errors(),
-        "errors": found.errors().collect::<Vec<_>>(),
-        "warnings": found.warnings().collect::<Vec<_>>(),
-    })
-    .to_string()
+    #[derive(serde::Serialize)]
+    struct Report<'a> {
+        ok: bool,
+        errors: Vec<&'a crate::config::Diagnostic>,
+        warnings: Vec<&'a crate::config::Diagnostic>,
+    }
+    let report = Report {
+        ok: !found.has_errors(),
+        errors: found.errors().collect(),
+        warnings: found.warnings().collect(),
+    };
+    serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"{e}\"}}"))
 }
 
 fn hash_key(args: &HashArgs) -> Result<(), CliError> {

@@ -575,9 +575,11 @@ impl Loader {
         let def: CrawlerDef = match parse_toml_value(item, &origin.text, &origin.file) {
             Ok(def) => def,
             Err(e) => {
-                return self
-                    .diagnostics
-                    .absorb(prefix(e, &format!("crawler `{name}`")));
+                let what = match name.as_str() {
+                    "" => "[[crawler]]".to_owned(),
+                    name => format!("crawler `{name}`"),
+                };
+                return self.diagnostics.absorb(prefix(e, &what));
             }
         };
         let name_span = def.name.span();
