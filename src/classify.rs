@@ -3,7 +3,7 @@
 //! replay and explain), so they can never disagree.
 
 use crate::config::identity::OnInvalid;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Diagnostic, Diagnostics};
 use crate::crawlers::Crawlers;
 use crate::facts::Facts;
 use crate::identity::{Identity, IdentityStage};
@@ -36,6 +36,7 @@ pub struct Classifier {
     rules: RuleSet,
     limits: Limits,
     crawlers: Crawlers,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Classifier {
@@ -52,14 +53,30 @@ impl Classifier {
             rules,
             limits: Limits::default(),
             crawlers: Crawlers::default(),
+            warnings: Vec::new(),
         }
     }
 
     /// Compile the pipeline a config describes, loading key material.
+    /// Key files and rule files are all checked before giving up, so the
+    /// error ([`ConfigError::Diagnostics`]) lists every problem, with the
+    /// warnings found on the way; without errors the warnings are kept
+    /// (see [`Classifier::warnings`]).
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
+        let mut found = Diagnostics::new();
+        found.extend(config.warnings());
+        let identity = IdentityStage::from_config(&config.identity, &config.origin)
+            .map_err(|e| found.absorb(e))
+            .ok();
+        let loaded = crate::rules::file::load_all(&config.rules, &config.origin.dir)
+            .map_err(|e| found.absorb(e))
+            .ok();
+        let (Some(identity), Some(mut loaded)) = (identity, loaded) else {
+            return Err(found.into_error());
+        };
+        found.extend(std::mem::take(&mut loaded.warnings));
+        let warnings = found.into_result()?;
         let state = Arc::new(ClientStore::new(config.state.capacity));
-        let loaded = crate::rules::file::load_all(&config.rules, &config.origin.dir)?;
         let crawlers = Crawlers::new(loaded.crawlers, &config.crawlers).map_err(|e| {
             ConfigError::Inconsistent {
                 file: config.origin.file.clone(),
@@ -72,7 +89,14 @@ impl Classifier {
             rules: loaded.rules,
             limits: Limits::new(&loaded.limits, config.state.capacity),
             crawlers,
+            warnings,
         })
+    }
+
+    /// What the config, key and rule files hold that is valid but probably
+    /// not meant; `serve` logs them at startup, `check` prints them.
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// How long the `tarpit` action holds a request.

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::classify::Classifier;
-use crate::config::{Config, ConfigError, Upstream};
+use crate::config::{Config, ConfigError, Diagnostics, Upstream};
 use crate::server::{ServeError, Server};
 
 /// usher: a reverse-proxy sidecar that labels every request with who is
@@ -38,8 +38,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the proxy in front of the upstream until SIGTERM or SIGINT.
     Serve(ServeArgs),
-    /// Validate a config file and exit: 0 if valid, 2 with file:line:column
-    /// diagnostics if not.
+    /// Validate a config file with the rule and key files it names: every
+    /// error and warning with file:line:column; exit 0 if valid, 2 if not.
+    #[command(long_about = CHECK_HELP)]
     Check(CheckArgs),
     /// Work with API keys.
     #[command(subcommand)]
@@ -104,12 +105,50 @@ pub struct ServeArgs {
     pub workers: Option<u16>,
 }
 
+/// `usher check --help`.
+const CHECK_HELP: &str = "Validate a config file together with the rule files and key files it \
+    names, without starting. Every broken rule and crawler, in every rule file, is reported, \
+    not just the first, together with key-file errors. A rule file that is not valid TOML stops \
+    at its first syntax error; usher.toml and each key file stop at their first error, and \
+    rules are checked only once usher.toml is valid (it names them).\n\n\
+    Errors make usher refuse to start: invalid values, unknown keys, bad regexes or CIDR blocks, \
+    duplicate rule names, regexes that match the empty string (they would match everything), \
+    unreadable files.\n\n\
+    Warnings are valid but probably not meant; `serve` logs them at startup: a rule that can \
+    never change a verdict, or whose class or action never takes effect, because an earlier \
+    enforced rule without conditions already sets them (the first rule that sets a class, or an \
+    action, wins; scores always add up); a rule with the same conditions as an earlier one; CIDR \
+    blocks with host bits set (10.0.0.1/8 is read as 10.0.0.0/8) in rules, address lists, \
+    crawler ranges and trusted_proxies; `limit` where no quota applies; a crawler condition with \
+    no crawler defined; an empty `any` or `not`, which never holds. Shadow rules get no \
+    warnings.\n\n\
+    Output, on standard output: one line per problem, \
+    `file:line:column: error|warning: [rule `name`: ]message`, then `FILE: ok (N warnings)` or \
+    `FILE: N errors, M warnings`. With --format json, one JSON document \
+    {\"ok\": bool, \"errors\": [...], \"warnings\": [...]}, each problem an object \
+    {\"file\", \"line\", \"column\", \"rule\", \"message\"} (line, column and rule are null \
+    where they do not apply).\n\n\
+    Exit codes: 0 no errors (warnings allowed), 2 errors (unreadable files included) or bad \
+    usage.";
+
 /// Flags of `usher check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Config file to validate.
     #[arg(short, long, value_name = "FILE", default_value = "usher.toml")]
     pub config: PathBuf,
+    /// How to report.
+    #[arg(long, value_enum, default_value_t = CheckFormat::Human)]
+    pub format: CheckFormat,
+}
+
+/// How `usher check` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckFormat {
+    /// One line per problem, then a summary.
+    Human,
+    /// One JSON document.
+    Json,
 }
 
 /// Why a command failed.
@@ -146,7 +185,7 @@ impl CliError {
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Check(args) => check(&args),
+        Command::Check(args) => return check(&args),
         Command::Keys(KeysCommand::Hash(args)) => hash_key(&args),
         Command::Replay(args) => crate::replay::command::run(&args),
         Command::Explain(args) => crate::explain::run(&args),
@@ -161,11 +200,64 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn check(args: &CheckArgs) -> Result<(), CliError> {
-    let config = Config::load(&args.config)?;
-    Classifier::from_config(&config)?;
-    println!("{}: ok", args.config.display());
-    Ok(())
+/// Validate and report: every error and warning, on standard output.
+fn check(args: &CheckArgs) -> ExitCode {
+    let found = match Config::load(&args.config) {
+        Err(e) => Diagnostics::from(e),
+        Ok(config) => match Classifier::from_config(&config) {
+            Err(e) => Diagnostics::from(e),
+            Ok(classifier) => {
+                let mut found = Diagnostics::new();
+                found.extend(classifier.warnings().iter().cloned());
+                found
+            }
+        },
+    };
+    let report = match args.format {
+        CheckFormat::Human => human_report(&args.config, &found),
+        CheckFormat::Json => json_report(&found),
+    };
+    println!("{report}");
+    if found.has_errors() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn human_report(config: &std::path::Path, found: &Diagnostics) -> String {
+    let mut out = String::new();
+    for d in found.all() {
+        out.push_str(&format!("{d}\n"));
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let warnings = plural(found.warnings().count(), "warning");
+    let errors = found.errors().count();
+    if errors == 0 {
+        out.push_str(&format!("{}: ok ({warnings})", config.display()));
+    } else {
+        out.push_str(&format!(
+            "{}: {}, {warnings}",
+            config.display(),
+            plural(errors, "error")
+        ));
+    }
+    out
+}
+
+fn json_report(found: &Diagnostics) -> String {
+    #[derive(serde::Serialize)]
+    struct Report<'a> {
+        ok: bool,
+        errors: Vec<&'a crate::config::Diagnostic>,
+        warnings: Vec<&'a crate::config::Diagnostic>,
+    }
+    let report = Report {
+        ok: !found.has_errors(),
+        errors: found.errors().collect(),
+        warnings: found.warnings().collect(),
+    };
+    serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":\"{e}\"}}"))
 }
 
 fn hash_key(args: &HashArgs) -> Result<(), CliError> {
@@ -231,6 +323,9 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     let config = serve_config(&args)?;
     let classifier = Classifier::from_config(&config)?;
     init_tracing();
+    for warning in classifier.warnings() {
+        tracing::warn!("{warning}");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
         runtime.worker_threads(usize::from(workers));

@@ -34,6 +34,22 @@ impl Cidr {
     pub fn contains(&self, ip: &IpAddr) -> bool {
         self.0.contains(ip)
     }
+
+    /// When `s` is a CIDR block with bits set past its prefix
+    /// (`10.0.0.1/8`), what to tell its author: parsing clears those bits,
+    /// so the whole block is used, which may not be what was meant.
+    pub fn host_bits_warning(s: &str) -> Option<String> {
+        let net = s.parse::<IpNet>().ok()?;
+        let block = net.trunc();
+        if block == net {
+            return None;
+        }
+        let one = IpNet::from(net.addr());
+        Some(format!(
+            "`{s}` has host bits set, so it stands for all of {block}: \
+             did you mean {block} (or {one} for the one address)?"
+        ))
+    }
 }
 
 impl FromStr for Cidr {
@@ -263,6 +279,30 @@ mod tests {
 
     fn proxies(nets: &[&str], header: ClientIpHeader) -> TrustedProxies {
         TrustedProxies::new(nets.iter().map(|n| n.parse().unwrap()).collect(), header)
+    }
+
+    #[test]
+    fn host_bits_are_cleared_and_reported() {
+        let net: Cidr = "10.0.0.1/8".parse().unwrap();
+        assert_eq!(net.to_string(), "10.0.0.0/8", "the block is used");
+        let w = Cidr::host_bits_warning("10.0.0.1/8").unwrap();
+        assert!(
+            w.contains("did you mean 10.0.0.0/8") && w.contains("10.0.0.1/32"),
+            "{w}"
+        );
+        let w = Cidr::host_bits_warning("2001:db8::1/32").unwrap();
+        assert!(w.contains("did you mean 2001:db8::/32"), "{w}");
+        for clean in [
+            "10.0.0.0/8",
+            "10.0.0.1",
+            "10.0.0.1/32",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::1",
+            "not a network",
+        ] {
+            assert_eq!(Cidr::host_bits_warning(clean), None, "{clean}");
+        }
     }
 
     fn headers(name: &str, values: &[&[u8]]) -> HeaderMap {

@@ -24,26 +24,44 @@ fn write(text: &str) -> (tempfile::TempDir, String) {
 }
 
 /// `usher check` on a config whose API keys file holds `keys`; returns the
-/// exit code, stderr and the keys file's path.
+/// exit code, the report and the keys file's path.
 fn check_with_keys(keys: &str) -> (i32, String, String) {
     let (dir, config) = write("[identity.api_keys]\nfile = \"keys.toml\"\n");
     let keys_path = dir.path().join("keys.toml");
     std::fs::write(&keys_path, keys).unwrap();
-    let (code, _, err) = run(&["check", "--config", &config]);
-    (code, err, keys_path.display().to_string())
+    let (code, out, _) = run(&["check", "--config", &config]);
+    (code, out, keys_path.display().to_string())
 }
 
 #[test]
-fn help_lists_only_working_commands() {
+fn help_lists_every_command() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    assert!(out.contains("serve") && out.contains("check"), "{out}");
-    assert!(out.contains("keys"), "{out}");
-    for later in ["replay", "explain", "demo"] {
+    for command in ["serve", "check", "keys", "replay", "explain", "demo"] {
         assert!(
-            !out.contains(later),
-            "--help lists `{later}`, which does not exist yet:\n{out}"
+            out.contains(command),
+            "--help does not list `{command}`:\n{out}"
         );
+    }
+    for (command, flags) in [
+        (
+            "replay",
+            &["--config", "--format", "--out", "--compare"][..],
+        ),
+        (
+            "explain",
+            &["--header", "--ip", "--body-file", "--format"][..],
+        ),
+        ("demo", &["--duration", "--listen", "--admin"][..]),
+    ] {
+        let (code, out, _) = run(&[command, "--help"]);
+        assert_eq!(code, 0);
+        for flag in flags {
+            assert!(
+                out.contains(flag),
+                "`{command} --help` lacks {flag}:\n{out}"
+            );
+        }
     }
     let (code, out, _) = run(&["serve", "--help"]);
     assert_eq!(code, 0);
@@ -75,24 +93,34 @@ fn invalid_config_exits_2_naming_key_and_line() {
 
     let (_dir, path) =
         write("upstream = \"http://127.0.0.1:1\"\ntrusted_proxies = [\"10.0.0.0/40\"]\n");
-    let (code, _, err) = run(&["check", "--config", &path]);
-    assert_eq!(code, 2, "{err}");
+    let (code, out, _) = run(&["check", "--config", &path]);
+    assert_eq!(code, 2, "{out}");
     assert!(
-        err.contains(&format!("{path}:2:")) && err.contains("trusted_proxies"),
-        "{err}"
+        out.contains(&format!("{path}:2:")) && out.contains("trusted_proxies"),
+        "{out}"
     );
 
-    let (code, _, err) = run(&["check", "--config", "/nonexistent/usher.toml"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(err.contains("/nonexistent/usher.toml"), "{err}");
+    let (code, out, _) = run(&["check", "--config", "/nonexistent/usher.toml"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.starts_with("/nonexistent/usher.toml: error: cannot read"),
+        "{out}"
+    );
 }
 
 #[test]
-fn check_accepts_the_shipped_config() {
+fn check_accepts_the_shipped_config_without_warnings() {
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/usher.toml");
     let (code, out, err) = run(&["check", "--config", shipped]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ok"), "{out}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, format!("{shipped}: ok (0 warnings)\n"));
+    let (code, out, _) = run(&["check", "--config", shipped, "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report,
+        serde_json::json!({"ok": true, "errors": [], "warnings": []})
+    );
 }
 
 #[test]
@@ -158,4 +186,262 @@ fn a_broken_keys_file_is_reported_with_its_own_line() {
     assert_eq!(code, 2);
     assert!(err.contains(&format!("{keys}:2:")), "{err}");
     assert!(err.contains("sha256"), "{err}");
+}
+
+/// A config (`usher.toml`, loading `rules/*.toml`) and the given files
+/// beside it; returns the folder and the config's path.
+fn setup(config: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, String) {
+    let (dir, path) = write(&format!("rules = [\"rules/*.toml\"]\n{config}"));
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("rules").join(name), text).unwrap();
+    }
+    (dir, path)
+}
+
+/// `usher check` in the human format: exit code and report lines, with
+/// the folder left out of the paths.
+fn check(dir: &tempfile::TempDir, config: &str) -> (i32, Vec<String>) {
+    let (code, out, err) = run(&["check", "--config", config]);
+    assert!(err.is_empty(), "the report goes to stdout: {err}");
+    let folder = format!("{}/", dir.path().display());
+    let lines = out.lines().map(|l| l.replace(&folder, "")).collect();
+    (code, lines)
+}
+
+const RULE: &str = "[[rule]]\nname = \"r\"\nscore = 1\n";
+
+#[test]
+fn check_puts_each_error_at_its_file_and_line() {
+    for (file, text, want) in [
+        (
+            "10-syntax.toml",
+            "[[rule]]\nname = \"r\"\nscore = [1\n",
+            "rules/10-syntax.toml:3:",
+        ),
+        (
+            "10-regex.toml",
+            &format!("{RULE}when.user_agent = [\n  'ok',\n  '(?i)bad(',\n]\n"),
+            "rules/10-regex.toml:6:3: error: rule `r`: invalid regex `(?i)bad(`",
+        ),
+        (
+            "10-key.toml",
+            &format!("{RULE}\nwhen.user_agnet = 'x'\n"),
+            "rules/10-key.toml:5:6: error: rule `r`: `when.user_agnet`: unknown field",
+        ),
+        (
+            "10-cidr.toml",
+            &format!("{RULE}when.ip = [\"10.0.0.0/8\", \"10.0.0.300\"]\n"),
+            "rules/10-cidr.toml:4:26: error: rule `r`: `10.0.0.300` is not an IP address",
+        ),
+        (
+            "10-empty.toml",
+            &format!("{RULE}when.path = '(?i)x*'\n"),
+            "rules/10-empty.toml:4:13: error: rule `r`: regex `(?i)x*` matches the empty string",
+        ),
+    ] {
+        let (dir, config) = setup("", &[(file, text)]);
+        let (code, lines) = check(&dir, &config);
+        assert_eq!(code, 2, "{file}: {lines:#?}");
+        assert!(lines[0].starts_with(want), "{file}: {lines:#?}");
+        assert_eq!(lines.last().unwrap(), "usher.toml: 1 error, 0 warnings");
+    }
+}
+
+#[test]
+fn check_lists_every_broken_rule_in_every_file() {
+    let (dir, config) = setup(
+        "",
+        &[
+            (
+                "10-a.toml",
+                "[[rule]]\nname = \"one\"\nscore = 1\nwhen.path = '('\n\n\
+                 [[rule]]\nname = \"fine\"\nscore = 1\n\n\
+                 [[rule]]\nname = \"two\"\nscore = 1\nwhen.method = 'get'\n",
+            ),
+            (
+                "20-b.toml",
+                "[[rule]]\nname = \"three\"\nclass = \"robot\"\n\n\
+                 [[rule]]\nname = \"one\"\nscore = 2\n\n\
+                 [[crawler]]\nname = \"c\"\nuser_agent = 'C'\nranges = '192.0.2.0/33'\n",
+            ),
+        ],
+    );
+    let (code, lines) = check(&dir, &config);
+    assert_eq!(code, 2, "{lines:#?}");
+    let expect = [
+        "rules/10-a.toml:4:13: error: rule `one`: invalid regex `(`",
+        "rules/10-a.toml:13:15: error: rule `two`: `get` is not an upper-case method name",
+        "rules/20-b.toml:3:9: error: rule `three`: `class`: unknown variant `robot`",
+        "rules/20-b.toml:6:8: error: rule `one`: already defined at ",
+        "rules/20-b.toml:12:10: error: crawler `c`: `192.0.2.0/33` is not",
+        "usher.toml: 5 errors, 0 warnings",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(expect) {
+        assert!(line.starts_with(want), "{line}\n  wanted {want}");
+    }
+
+    // serve refuses to start, naming them all.
+    let (code, _, err) = run(&["serve", "--config", &config]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("usher: 5 errors:\n"), "{err}");
+    for rule in ["`one`", "`two`", "`three`", "crawler `c`"] {
+        assert!(err.contains(rule), "{rule}: {err}");
+    }
+}
+
+#[test]
+fn check_reports_key_file_and_rule_errors_together() {
+    let (dir, config) = setup(
+        "[identity.api_keys]\nfile = \"keys.toml\"\n",
+        &[("10-a.toml", &format!("{RULE}when.path = '('\n"))],
+    );
+    std::fs::write(
+        dir.path().join("keys.toml"),
+        "[[key]]\nsha256 = \"nothex\"\nowner = \"a\"\nclass = \"service_client\"\n",
+    )
+    .unwrap();
+    let (code, lines) = check(&dir, &config);
+    assert_eq!(code, 2, "{lines:#?}");
+    assert!(lines[0].starts_with("keys.toml:2:"), "{lines:#?}");
+    assert!(lines[1].starts_with("rules/10-a.toml:4:"), "{lines:#?}");
+    assert_eq!(lines[2], "usher.toml: 2 errors, 0 warnings");
+}
+
+#[test]
+fn check_warns_at_the_right_lines_and_still_passes() {
+    let (dir, config) = setup(
+        "trusted_proxies = [\n  \"10.0.0.0/8\",\n  \"172.16.0.1/12\",\n]\n",
+        &[
+            (
+                "10-a.toml",
+                r#"[[rule]]
+name = "everyone"
+class = "public_visitor"
+
+[[rule]]
+name = "never"
+when.path_prefix = "/admin"
+class = "malicious_bot"
+
+[[rule]]
+name = "first"
+when.path_prefix = "/api"
+when.method = ["POST", "PUT"]
+score = 10
+
+[[rule]]
+name = "again"
+when = { method = ["PUT", "POST"], path_prefix = ["/api"] }
+score = 20
+
+[[rule]]
+name = "trial"
+mode = "shadow"
+when.path_prefix = "/admin"
+class = "malicious_bot"
+
+[[rule]]
+name = "nets"
+score = 10
+when.ip = ["192.0.2.7/24"]
+when.ip_file = "bad.txt"
+
+[[crawler]]
+name = "c"
+user_agent = '(?i)\bcbot\b'
+ranges = ["198.51.100.1/24"]
+ranges_file = "c.txt"
+"#,
+            ),
+            ("bad.txt", "# bad\n203.0.113.0/24\n2001:db8::1/32\n"),
+            ("c.txt", "198.51.100.0/24\n\n198.18.0.9/15\n"),
+        ],
+    );
+    let (code, lines) = check(&dir, &config);
+    assert_eq!(code, 0, "{lines:#?}");
+    let expect = [
+        "usher.toml:4:3: warning: trusted_proxies: `172.16.0.1/12` has host bits set, so it stands for all of 172.16.0.0/12: did you mean 172.16.0.0/12",
+        "rules/10-a.toml:6:8: warning: rule `never`: can never change a verdict: rule `everyone` (",
+        "rules/10-a.toml:17:8: warning: rule `again`: same conditions as rule `first` (",
+        "rules/10-a.toml:30:12: warning: rule `nets`: `192.0.2.7/24` has host bits set",
+        "rules/10-a.toml:36:11: warning: crawler `c`: `198.51.100.1/24` has host bits set",
+        "rules/bad.txt:3:1: warning: rule `nets`: `2001:db8::1/32` has host bits set",
+        "rules/c.txt:3:1: warning: crawler `c`: `198.18.0.9/15` has host bits set",
+        "usher.toml: ok (7 warnings)",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+    for (line, want) in lines.iter().zip(expect) {
+        assert!(line.starts_with(want), "{line}\n  wanted {want}");
+    }
+    assert!(
+        lines[1].contains("10-a.toml:2)"),
+        "names where the shadowing rule is: {}",
+        lines[1]
+    );
+    assert!(lines[2].contains("10-a.toml:11)"), "{}", lines[2]);
+}
+
+#[test]
+fn check_json_lists_errors_and_warnings_for_ci() {
+    let (dir, config) = setup(
+        "trusted_proxies = [\"10.0.0.1/8\"]\n",
+        &[(
+            "10-a.toml",
+            "[[rule]]\nname = \"bad\"\nscore = 1\nwhen.path = '('\n",
+        )],
+    );
+    let (code, out, _) = run(&["check", "--config", &config, "--format", "json"]);
+    assert_eq!(code, 2, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(report["ok"], false);
+    let error = &report["errors"][0];
+    assert_eq!(
+        error["file"],
+        dir.path().join("rules/10-a.toml").display().to_string()
+    );
+    assert_eq!(error["line"], 4);
+    assert_eq!(error["column"], 13);
+    assert_eq!(error["rule"], "bad");
+    assert!(error["message"].as_str().unwrap().contains("invalid regex"));
+    assert_eq!(report["errors"].as_array().unwrap().len(), 1);
+    let warning = &report["warnings"][0];
+    assert_eq!(warning["file"], config);
+    assert_eq!(
+        (warning["line"].as_u64(), warning["column"].as_u64()),
+        (Some(2), Some(20))
+    );
+    assert_eq!(warning["rule"], serde_json::Value::Null);
+    assert!(warning["message"].as_str().unwrap().contains("10.0.0.0/8"));
+
+    // Unreadable: still one document, the file without a line.
+    let (code, out, _) = run(&[
+        "check",
+        "--config",
+        "/nonexistent/u.toml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 2);
+    let report: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    assert_eq!(report["errors"][0]["file"], "/nonexistent/u.toml");
+    assert_eq!(report["errors"][0]["line"], serde_json::Value::Null);
+}
+
+#[test]
+fn check_help_explains_output_and_exit_codes() {
+    let (code, out, _) = run(&["check", "--help"]);
+    assert_eq!(code, 0);
+    for needed in [
+        "--format",
+        "json",
+        "file:line:column",
+        "warning",
+        "host bits",
+        "same conditions",
+        "Exit codes: 0",
+    ] {
+        assert!(out.contains(needed), "`{needed}` missing:\n{out}");
+    }
 }

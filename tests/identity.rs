@@ -196,9 +196,12 @@ fn a_missing_secret_is_a_config_error_with_its_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
-    assert!(err.contains("identity.jwt[0].secret_env"), "{err}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains(&format!("{}:5:", path.display())),
+        "{report}"
+    );
+    assert!(report.contains("identity.jwt[0].secret_env"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

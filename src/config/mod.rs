@@ -2,6 +2,7 @@
 //! checked while it is deserialised, so each error names its key, file, line
 //! and column; unknown keys are errors.
 
+mod diagnostic;
 mod duration;
 pub mod identity;
 mod upstream;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::forwarded::{Cidr, ClientIpHeader, TrustedProxies};
 
+pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use duration::parse_duration;
 pub use identity::IdentityConfig;
 pub use upstream::Upstream;
@@ -50,6 +52,10 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// Every error found in files read together (the rule files, and key
+    /// files beside them), with the warnings found on the way.
+    #[error("{0}")]
+    Diagnostics(Diagnostics),
 }
 
 /// The whole configuration of one usher.
@@ -348,6 +354,34 @@ impl Config {
         Ok(())
     }
 
+    /// Values that are valid but probably not what was meant: today,
+    /// `trusted_proxies` entries with host bits set (`10.0.0.1/8`, which
+    /// trusts all of `10.0.0.0/8`).
+    pub fn warnings(&self) -> Vec<Diagnostic> {
+        #[derive(Deserialize)]
+        struct Proxies {
+            #[serde(default)]
+            trusted_proxies: Vec<toml::Spanned<String>>,
+        }
+        let Ok(proxies) = toml::from_str::<Proxies>(&self.origin.text) else {
+            return Vec::new();
+        };
+        proxies
+            .trusted_proxies
+            .iter()
+            .filter_map(|entry| {
+                let message = Cidr::host_bits_warning(entry.get_ref())?;
+                Some(Diagnostic::at(
+                    Severity::Warning,
+                    &self.origin,
+                    Some(entry.span()),
+                    None,
+                    format!("trusted_proxies: {message}"),
+                ))
+            })
+            .collect()
+    }
+
     /// The trusted proxies, ready to resolve client addresses.
     pub fn trusted_proxies(&self) -> TrustedProxies {
         TrustedProxies::new(self.trusted_proxies.clone(), self.client_ip_header)
@@ -366,6 +400,18 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(
             serde_path_to_error::deserialize(de)
                 .map_err(|e| invalid(text, file, e.path().to_string(), e.inner()))
         })
+}
+
+/// Deserialize one value of a parsed TOML document strictly, like
+/// [`parse_toml`]: errors carry `file:line:column` and the key (relative
+/// to the value). Lets a loader go on past one bad table of a file.
+pub fn parse_toml_value<T: serde::de::DeserializeOwned>(
+    value: toml::Spanned<toml::de::DeValue<'_>>,
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(toml::de::ValueDeserializer::from(value))
+        .map_err(|e| invalid(text, file, e.path().to_string(), e.inner()))
 }
 
 /// A value written as one item or a list of them.
@@ -395,13 +441,20 @@ pub fn one_or_many<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     OneOrMany::deserialize(d).map(OneOrMany::into_vec)
 }
 
+/// A TOML syntax error as `file:line:column: message`.
+pub(crate) fn toml_error(text: &str, file: &str, err: &toml::de::Error) -> ConfigError {
+    invalid(text, file, String::new(), err)
+}
+
 /// Turn a TOML error into `file:line:column: key: message`.
 fn invalid(text: &str, file: &str, key: String, err: &toml::de::Error) -> ConfigError {
     let (line, column) = err
         .span()
         .map(|span| line_column(text, span.start))
         .unwrap_or((1, 1));
-    let key = if key.is_empty() || key == "?" {
+    // `Spanned` values show in the path as a field of their own.
+    let key = key.replace(".$__serde_spanned_private_value", "");
+    let key = if key.is_empty() || key == "?" || key == "." {
         String::new()
     } else {
         format!("`{key}`: ")

@@ -1,6 +1,9 @@
 //! Rule files: TOML documents of `[[rule]]` tables (and at most one
 //! `[thresholds]`), loaded from the config's `rules` globs in file-name
-//! order and compiled once. Every error names its file, line and column.
+//! order and compiled once. Every error names its file, line and column,
+//! and the rule; loading goes on past a broken rule, crawler or file so
+//! that all errors are reported at once, with warnings about rules that
+//! are valid but cannot do what they seem to (see [`Analysis`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -12,19 +15,22 @@ use http::{HeaderName, Method};
 use regex::bytes::{
     Regex as BytesRegex, RegexSet as BytesRegexSet, RegexSetBuilder as BytesRegexSetBuilder,
 };
-use regex::{Regex, RegexSet, RegexSetBuilder};
+use regex::{RegexSet, RegexSetBuilder};
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::condition::{Comparison, Condition, IdentityKind, SignalName};
 use super::netset::NetSet;
 use super::{Effect, Mode, Rule, RuleSet};
-use crate::config::{ConfigError, OneOrMany, Origin, parse_toml};
+use crate::config::{
+    ConfigError, Diagnostic, Diagnostics, OneOrMany, Origin, Severity, parse_toml_value,
+};
 use crate::crawlers::dns::Suffix;
 use crate::crawlers::{Crawler, Definitions, Status};
 use crate::forwarded::Cidr;
 use crate::limits::Rate;
 use crate::verdict::{Action, Class};
+use analysis::{Analysis, Seen, always, canonical, reads_crawler, warning_at};
 
 /// Rule files larger than this are refused.
 pub const MAX_FILE: u64 = 4 << 20;
@@ -35,18 +41,8 @@ pub const MAX_LIST: u64 = 16 << 20;
 /// Compiled regexes may not grow beyond this (per condition).
 const REGEX_SIZE_LIMIT: usize = 32 << 20;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleFile {
-    #[serde(default)]
-    thresholds: Option<Spanned<Thresholds>>,
-    #[serde(default)]
-    limits: Option<Spanned<HashMap<Class, Spanned<LimitDef>>>>,
-    #[serde(default)]
-    rule: Vec<RuleDef>,
-    #[serde(default)]
-    crawler: Vec<CrawlerDef>,
-}
+/// The tables a rule file may hold.
+const SECTIONS: [&str; 4] = ["thresholds", "limits", "rule", "crawler"];
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,9 +51,9 @@ struct CrawlerDef {
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
-    user_agent: Spanned<OneOrMany<String>>,
+    user_agent: Spanned<Items>,
     #[serde(default)]
-    ranges: Strings,
+    ranges: Option<Spanned<Items>>,
     #[serde(default)]
     ranges_file: Option<Spanned<OneOrMany<String>>>,
     #[serde(default)]
@@ -68,9 +64,9 @@ struct CrawlerDef {
 #[serde(deny_unknown_fields)]
 struct Thresholds {
     #[serde(default)]
-    bot: Option<i32>,
+    bot: Option<Spanned<i32>>,
     #[serde(default)]
-    action: HashMap<Class, Action>,
+    action: HashMap<Class, Spanned<Action>>,
     #[serde(default, deserialize_with = "tarpit_delay")]
     tarpit: Option<std::time::Duration>,
 }
@@ -116,7 +112,7 @@ struct RuleDef {
     mode: Option<Spanned<String>>,
 }
 
-type Strings = Option<Spanned<OneOrMany<String>>>;
+type Strings = Option<Spanned<Items>>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,7 +144,7 @@ struct When {
     #[serde(default)]
     user_agent_missing: Option<bool>,
     #[serde(default)]
-    ip: Strings,
+    ip: Option<Spanned<Items>>,
     #[serde(default)]
     ip_file: Option<Spanned<String>>,
     #[serde(default)]
@@ -164,9 +160,9 @@ struct When {
     #[serde(default)]
     all: Option<Vec<When>>,
     #[serde(default)]
-    any: Option<Vec<When>>,
+    any: Option<Spanned<Vec<When>>>,
     #[serde(default)]
-    not: Option<Box<When>>,
+    not: Option<Spanned<Box<When>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -190,17 +186,89 @@ struct SignalDef {
     le: Option<f64>,
 }
 
-/// An error at a place in one file.
+/// One string or a list of them, each with its own span where the list
+/// gives one (an element's span is more precise than the list's).
+#[derive(Debug)]
+struct Items(Vec<(Option<Range<usize>>, String)>);
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Items;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Items, E> {
+                Ok(Items(vec![(None, v.to_owned())]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Items, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    let span = item.span();
+                    items.push((Some(span), item.into_inner()));
+                }
+                Ok(Items(items))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Items {
+    /// The items, each with its span (the whole value's where it has none
+    /// of its own). An empty list is an error: it would never match.
+    fn spanned(value: Spanned<Items>) -> Result<Vec<(Range<usize>, String)>, Located> {
+        let span = value.span();
+        let items = value.into_inner().0;
+        if items.is_empty() {
+            return at(
+                span,
+                "an empty list never matches; remove the condition instead",
+            );
+        }
+        Ok(items
+            .into_iter()
+            .map(|(own, item)| (own.unwrap_or_else(|| span.clone()), item))
+            .collect())
+    }
+}
+
+/// An error in the file being loaded, at a span of it; or errors found in
+/// another file it names (an address list), reported there.
 struct Located {
     span: Option<Range<usize>>,
     message: String,
+    elsewhere: Vec<Diagnostic>,
 }
 
 fn at<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Located> {
     Err(Located {
         span: Some(span),
         message: message.into(),
+        elsewhere: Vec::new(),
     })
+}
+
+/// Where compile functions report warnings: the file being loaded.
+struct Notes<'a> {
+    origin: &'a Origin,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Notes<'_> {
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.warnings.push(Diagnostic::at(
+            Severity::Warning,
+            self.origin,
+            Some(span),
+            None,
+            message,
+        ));
+    }
 }
 
 /// Everything the rule files define.
@@ -212,6 +280,8 @@ pub struct Loaded {
     pub limits: Vec<(Class, Rate)>,
     /// The crawlers whose claims are verified.
     pub crawlers: Definitions,
+    /// What is valid but probably not meant, in file and line order.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// Load and compile the rule files named by `globs` (relative to `base`).
@@ -219,164 +289,438 @@ pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
     load_all(globs, base).map(|loaded| loaded.rules)
 }
 
-/// Load the rule files with the quotas and crawlers they define.
+/// Load the rule files with the quotas and crawlers they define, and the
+/// warnings about them. On any error, the error is
+/// [`ConfigError::Diagnostics`] with every error found (a file that is not
+/// valid TOML stops at its first; otherwise each broken rule or crawler is
+/// reported and the rest still checked) and the warnings.
 pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
-    let files = expand(globs, base)?;
-    let mut crawlers = Definitions::default();
-    let mut agent_patterns: Vec<String> = Vec::new();
-    let mut limits: Vec<(Class, Rate)> = Vec::new();
-    let mut limits_from: Option<PathBuf> = None;
-    let mut rules: Vec<Rule> = Vec::new();
-    let mut bot_threshold = RuleSet::DEFAULT_BOT_THRESHOLD;
-    let mut class_actions: Vec<(Class, Action)> = Vec::new();
-    let mut tarpit = None;
-    let mut names: HashMap<Arc<str>, PathBuf> = HashMap::new();
-    let mut thresholds_from: Option<PathBuf> = None;
-    for path in files {
-        let origin = read(&path)?;
-        let file: RuleFile = parse_toml(&origin.text, &origin.file)?;
-        let locate = |e: Located| origin.error_at(e.span, e.message);
-        if let Some(t) = file.thresholds {
-            if let Some(first) = &thresholds_from {
-                return Err(locate(Located {
-                    span: Some(t.span()),
-                    message: format!(
-                        "thresholds are already set in {}; set them in one file",
-                        first.display()
-                    ),
-                }));
+    let mut loader = Loader::default();
+    for path in expand(globs, base, &mut loader.diagnostics) {
+        loader.file(&path);
+    }
+    loader.finish(base)
+}
+
+/// The name a raw `[[rule]]` or `[[crawler]]` table gives itself, if any.
+fn raw_name(item: &Spanned<toml::de::DeValue<'_>>) -> String {
+    raw_field(item, "name")
+        .and_then(|v| v.get_ref().as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn raw_field<'a, 'i>(
+    item: &'a Spanned<toml::de::DeValue<'i>>,
+    key: &str,
+) -> Option<&'a Spanned<toml::de::DeValue<'i>>> {
+    item.get_ref()
+        .as_table()?
+        .iter()
+        .find(|(k, _)| k.get_ref().as_ref() == key)
+        .map(|(_, v)| v)
+}
+
+/// The rule files' contents as they are loaded, and what was found wrong.
+struct Loader {
+    diagnostics: Diagnostics,
+    crawlers: Definitions,
+    agent_patterns: Vec<String>,
+    limits: Vec<(Class, Rate)>,
+    limits_from: Option<String>,
+    rules: Vec<Rule>,
+    seen: Vec<Seen>,
+    analysis: Analysis,
+    bot_threshold: i32,
+    /// Each class's action, and where it is set (to report a `limit`
+    /// without a quota there).
+    class_actions: Vec<(Class, Action, Diagnostic)>,
+    tarpit: Option<std::time::Duration>,
+    /// Each rule name, and where it was first defined.
+    names: HashMap<String, String>,
+    thresholds_from: Option<String>,
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Loader {
+            diagnostics: Diagnostics::new(),
+            crawlers: Definitions::default(),
+            agent_patterns: Vec::new(),
+            limits: Vec::new(),
+            limits_from: None,
+            rules: Vec::new(),
+            seen: Vec::new(),
+            analysis: Analysis::default(),
+            bot_threshold: RuleSet::DEFAULT_BOT_THRESHOLD,
+            class_actions: Vec::new(),
+            tarpit: None,
+            names: HashMap::new(),
+            thresholds_from: None,
+        }
+    }
+}
+
+impl Loader {
+    fn error(
+        &mut self,
+        origin: &Origin,
+        span: Option<Range<usize>>,
+        rule: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        self.diagnostics
+            .push(Diagnostic::at(Severity::Error, origin, span, rule, message));
+    }
+
+    /// Report a compile error of the rule named `rule` (or of a crawler,
+    /// whose name is then in the message).
+    fn located(&mut self, origin: &Origin, rule: Option<&str>, e: Located) {
+        if e.elsewhere.is_empty() {
+            self.error(origin, e.span, rule, e.message);
+        } else {
+            for d in e.elsewhere {
+                let d = match rule {
+                    Some(rule) => d.for_rule(rule),
+                    None => d,
+                };
+                self.diagnostics.push(d);
             }
-            thresholds_from = Some(path.clone());
-            let t = t.into_inner();
-            bot_threshold = t.bot.unwrap_or(bot_threshold);
-            if bot_threshold <= 0 {
-                return Err(origin.error_at(
+        }
+    }
+
+    /// Load one file; a file that cannot be read or parsed is reported and
+    /// skipped, and a broken table in it is reported and the rest loaded.
+    fn file(&mut self, path: &Path) {
+        let origin = match read(path) {
+            Ok(origin) => origin,
+            Err(e) => return self.diagnostics.absorb(e),
+        };
+        let text = Arc::clone(&origin.text);
+        let root = match toml::de::DeTable::parse(&text) {
+            Ok(root) => root.into_inner(),
+            Err(e) => {
+                return self
+                    .diagnostics
+                    .absorb(crate::config::toml_error(&text, &origin.file, &e));
+            }
+        };
+        let mut sections: [Option<Spanned<toml::de::DeValue<'_>>>; 4] = Default::default();
+        for (key, value) in root {
+            match SECTIONS.iter().position(|s| *s == key.get_ref().as_ref()) {
+                Some(i) => sections[i] = Some(value),
+                None => self.error(
+                    &origin,
+                    Some(key.span()),
                     None,
-                    "thresholds.bot must be positive (at 0 every request would be malicious_bot)"
+                    format!(
+                        "unknown table `{}`, expected one of `thresholds`, `limits`, `rule`, `crawler`",
+                        key.get_ref()
+                    ),
+                ),
+            }
+        }
+        let [thresholds, limits, rules, crawlers] = sections;
+        if let Some(t) = thresholds {
+            self.thresholds(&origin, t);
+        }
+        if let Some(l) = limits {
+            self.limits(&origin, l);
+        }
+        for item in self.tables(&origin, rules, "rule") {
+            self.rule(&origin, item);
+        }
+        for item in self.tables(&origin, crawlers, "crawler") {
+            self.crawler(&origin, item);
+        }
+    }
+
+    /// The tables of an array of tables (`[[rule]]`).
+    fn tables<'i>(
+        &mut self,
+        origin: &Origin,
+        value: Option<Spanned<toml::de::DeValue<'i>>>,
+        key: &str,
+    ) -> Vec<Spanned<toml::de::DeValue<'i>>> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let span = value.span();
+        match value.into_inner() {
+            toml::de::DeValue::Array(items) if items.iter().all(|i| i.get_ref().is_table()) => {
+                items.into_iter().collect()
+            }
+            _ => {
+                self.error(
+                    origin,
+                    Some(span),
+                    None,
+                    format!("`{key}`: expected tables, written `[[{key}]]`"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn thresholds(&mut self, origin: &Origin, value: Spanned<toml::de::DeValue<'_>>) {
+        let span = value.span();
+        let t: Thresholds = match parse_toml_value(value, &origin.text, &origin.file) {
+            Ok(t) => t,
+            Err(e) => return self.diagnostics.absorb(prefix(e, "thresholds")),
+        };
+        if let Some(first) = &self.thresholds_from {
+            let message = format!("thresholds are already set in {first}; set them in one file");
+            return self.error(origin, Some(span), None, message);
+        }
+        self.thresholds_from = Some(origin.file.clone());
+        if let Some(bot) = t.bot {
+            if *bot.get_ref() <= 0 {
+                self.error(
+                    origin,
+                    Some(bot.span()),
+                    None,
+                    "thresholds.bot must be positive (at 0 every request would be malicious_bot)",
+                );
+            } else {
+                self.bot_threshold = bot.into_inner();
+            }
+        }
+        self.tarpit = t.tarpit;
+        for (class, action) in t.action {
+            let at = Diagnostic::at(Severity::Error, origin, Some(action.span()), None, "");
+            self.class_actions.push((class, action.into_inner(), at));
+        }
+    }
+
+    fn limits(&mut self, origin: &Origin, value: Spanned<toml::de::DeValue<'_>>) {
+        let span = value.span();
+        let l: HashMap<Class, Spanned<LimitDef>> =
+            match parse_toml_value(value, &origin.text, &origin.file) {
+                Ok(l) => l,
+                Err(e) => return self.diagnostics.absorb(prefix(e, "limits")),
+            };
+        if let Some(first) = &self.limits_from {
+            let message = format!("limits are already set in {first}; set them in one file");
+            return self.error(origin, Some(span), None, message);
+        }
+        self.limits_from = Some(origin.file.clone());
+        let mut l: Vec<_> = l.into_iter().collect();
+        l.sort_by_key(|(_, def)| def.span().start);
+        for (class, def) in l {
+            let at = def.span();
+            let def = def.into_inner();
+            match Rate::parse(&def.rate, def.burst) {
+                Ok(rate) => self.limits.push((class, rate)),
+                Err(message) => {
+                    self.error(origin, Some(at), None, format!("limits.{class}: {message}"));
+                }
+            }
+        }
+    }
+
+    fn rule(&mut self, origin: &Origin, item: Spanned<toml::de::DeValue<'_>>) {
+        let name = raw_name(&item);
+        let when = match raw_field(&item, "when") {
+            None => toml::Value::Table(toml::Table::new()),
+            Some(w) => parse_toml_value::<toml::Value>(w.clone(), &origin.text, &origin.file)
+                .unwrap_or_else(|_| toml::Value::Table(toml::Table::new())),
+        };
+        let def: RuleDef = match parse_toml_value(item, &origin.text, &origin.file) {
+            Ok(def) => def,
+            Err(e) if name.is_empty() => return self.diagnostics.absorb(prefix(e, "[[rule]]")),
+            Err(e) => return self.diagnostics.push(Diagnostic::from(e).for_rule(&name)),
+        };
+        let name_span = def.name.span();
+        let place_of = |span: Range<usize>| {
+            let d = Diagnostic::at(Severity::Warning, origin, Some(span), Some(&name), "");
+            (format!("{}:{}", d.file, d.line.unwrap_or(1)), d)
+        };
+        let (place, at) = place_of(name_span.clone());
+        if let Some(first) = self.names.get(&name) {
+            let message = format!("already defined at {first}; rule names must be unique");
+            return self.error(origin, Some(name_span), Some(&name), message);
+        }
+        if !name.is_empty() {
+            self.names.insert(name.clone(), place.clone());
+        }
+        let mut notes = Notes {
+            origin,
+            warnings: Vec::new(),
+        };
+        let compiled = compile_rule(def, &mut notes);
+        self.diagnostics
+            .extend(notes.warnings.into_iter().map(|w| w.for_rule(&name)));
+        let rule = match compiled {
+            Ok(rule) => rule,
+            Err(e) => return self.located(origin, Some(&name), e),
+        };
+        let seen = Seen {
+            name: rule.name.clone(),
+            place,
+            at,
+            when: canonical(&when),
+            always: always(&rule.when),
+            effect: rule.effect.clone(),
+            mode: rule.mode,
+            reads_crawler: reads_crawler(&rule.when),
+        };
+        let warnings = self.analysis.judge(&seen, &self.seen);
+        self.diagnostics.extend(warnings);
+        self.seen.push(seen);
+        self.rules.push(rule);
+    }
+
+    fn crawler(&mut self, origin: &Origin, item: Spanned<toml::de::DeValue<'_>>) {
+        let name = raw_name(&item);
+        let def: CrawlerDef = match parse_toml_value(item, &origin.text, &origin.file) {
+            Ok(def) => def,
+            Err(e) => {
+                let what = match name.as_str() {
+                    "" => "[[crawler]]".to_owned(),
+                    name => format!("crawler `{name}`"),
+                };
+                return self.diagnostics.absorb(prefix(e, &what));
+            }
+        };
+        let name_span = def.name.span();
+        let mut notes = Notes {
+            origin,
+            warnings: Vec::new(),
+        };
+        let compiled = compile_crawler(def, &mut notes);
+        for w in &mut notes.warnings {
+            w.message = format!("crawler `{name}`: {}", w.message);
+        }
+        self.diagnostics.extend(notes.warnings);
+        let (crawler, patterns) = match compiled {
+            Ok(compiled) => compiled,
+            Err(mut e) => {
+                e.message = format!("crawler `{name}`: {}", e.message);
+                for d in &mut e.elsewhere {
+                    d.message = format!("crawler `{name}`: {}", d.message);
+                }
+                return self.located(origin, None, e);
+            }
+        };
+        if self.crawlers.list.iter().any(|c| c.name == crawler.name) {
+            let message = format!("crawler `{name}` is already defined; names must be unique");
+            return self.error(origin, Some(name_span), None, message);
+        }
+        let Ok(index) = u16::try_from(self.crawlers.list.len()) else {
+            return self.error(origin, Some(name_span), None, "too many crawlers");
+        };
+        self.crawlers.owner.extend(patterns.iter().map(|_| index));
+        self.agent_patterns.extend(patterns);
+        self.crawlers.list.push(crawler);
+    }
+
+    /// Checks across files, then the result.
+    fn finish(mut self, base: &Path) -> Result<Loaded, ConfigError> {
+        if !self.agent_patterns.is_empty() {
+            match BytesRegexSetBuilder::new(&self.agent_patterns)
+                .unicode(false)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+            {
+                Ok(set) => self.crawlers.agents = Some(set),
+                Err(e) => self.diagnostics.push(Diagnostic::file_error(
+                    base.display().to_string(),
+                    format!("crawler user agents: {e}"),
+                )),
+            }
+        }
+        let quota = |class: Class| self.limits.iter().any(|(c, _)| *c == class);
+        for (class, action, at) in &self.class_actions {
+            if *action == Action::Limit && !quota(*class) {
+                self.diagnostics.push(Diagnostic {
+                    message: format!(
+                        "thresholds.action.{class} is `limit`, but [limits] gives {class} no quota"
+                    ),
+                    ..at.clone()
+                });
+            }
+        }
+        for seen in self.seen.iter().filter(|s| s.mode == Mode::Enforce) {
+            if seen.effect.action == Some(Action::Limit) {
+                let unlimited = match seen.effect.class {
+                    _ if self.limits.is_empty() => Some(
+                        "`action = \"limit\"`, but no [limits] are set, so nothing is ever limited"
+                            .to_owned(),
+                    ),
+                    Some(class) if !quota(class) => Some(format!(
+                        "`action = \"limit\"` with `class = \"{class}\"`, but [limits] gives \
+                         {class} no quota, so what this rule classifies is never limited"
+                    )),
+                    _ => None,
+                };
+                if let Some(m) = unlimited {
+                    self.diagnostics.push(warning_at(&seen.at, m));
+                }
+            }
+            if seen.reads_crawler && self.crawlers.list.is_empty() {
+                self.diagnostics.push(warning_at(
+                    &seen.at,
+                    "tests a crawler claim, but no [[crawler]] is defined, so every claim is \
+                     `none`"
                         .to_owned(),
                 ));
             }
-            tarpit = t.tarpit;
-            class_actions.extend(t.action);
         }
-        if let Some(l) = file.limits {
-            let span = l.span();
-            if let Some(first) = &limits_from {
-                return Err(locate(Located {
-                    span: Some(span),
-                    message: format!(
-                        "limits are already set in {}; set them in one file",
-                        first.display()
-                    ),
-                }));
-            }
-            limits_from = Some(path.clone());
-            for (class, def) in l.into_inner() {
-                let at = def.span();
-                let def = def.into_inner();
-                let rate = Rate::parse(&def.rate, def.burst).map_err(|message| {
-                    locate(Located {
-                        span: Some(at),
-                        message: format!("limits.{class}: {message}"),
-                    })
-                })?;
-                limits.push((class, rate));
-            }
+        let warnings = self.diagnostics.into_result()?;
+        let mut rules = self.class_actions.into_iter().fold(
+            RuleSet::new(self.rules, self.bot_threshold),
+            |set, (class, action, _)| set.with_class_action(class, action),
+        );
+        if let Some(delay) = self.tarpit {
+            rules = rules.with_tarpit_delay(delay);
         }
-        for def in file.rule {
-            let name_span = def.name.span();
-            let rule = compile_rule(def, &origin.dir).map_err(locate)?;
-            if let Some(first) = names.get(&rule.name) {
-                return Err(origin.error_at(
-                    Some(name_span),
-                    format!(
-                        "rule `{}` is already defined in {}; names must be unique",
-                        rule.name,
-                        first.display()
-                    ),
-                ));
-            }
-            names.insert(rule.name.clone(), path.clone());
-            rules.push(rule);
-        }
-        for def in file.crawler {
-            let name_span = def.name.span();
-            let (crawler, patterns) = compile_crawler(def, &origin.dir).map_err(locate)?;
-            if let Some(first) = crawlers.list.iter().find(|c| c.name == crawler.name) {
-                return Err(origin.error_at(
-                    Some(name_span),
-                    format!(
-                        "crawler `{}` is already defined; names must be unique",
-                        first.name
-                    ),
-                ));
-            }
-            let Ok(index) = u16::try_from(crawlers.list.len()) else {
-                return Err(origin.error_at(Some(name_span), "too many crawlers".to_owned()));
-            };
-            crawlers.owner.extend(patterns.iter().map(|_| index));
-            agent_patterns.extend(patterns);
-            crawlers.list.push(crawler);
-        }
+        Ok(Loaded {
+            rules,
+            limits: self.limits,
+            crawlers: self.crawlers,
+            warnings,
+        })
     }
-    if !agent_patterns.is_empty() {
-        let set = BytesRegexSetBuilder::new(&agent_patterns)
-            .unicode(false)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| ConfigError::Inconsistent {
-                file: base.display().to_string(),
-                message: format!("crawler user agents: {e}"),
-            })?;
-        crawlers.agents = Some(set);
+}
+
+/// Put `what` before a parse error's message, to say which table it is in.
+fn prefix(e: ConfigError, what: &str) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            file,
+            line,
+            column,
+            message,
+        } => ConfigError::Invalid {
+            file,
+            line,
+            column,
+            message: format!("{what}: {message}"),
+        },
+        e => e,
     }
-    if let Some((class, _)) = class_actions
-        .iter()
-        .find(|(class, action)| *action == Action::Limit && !limits.iter().any(|(c, _)| c == class))
-    {
-        return Err(ConfigError::Inconsistent {
-            file: thresholds_from
-                .as_ref()
-                .map_or_else(String::new, |p| p.display().to_string()),
-            message: format!(
-                "thresholds.action.{class} is `limit`, but [limits] gives {class} no quota"
-            ),
-        });
-    }
-    let mut rules = class_actions.into_iter().fold(
-        RuleSet::new(rules, bot_threshold),
-        |set, (class, action)| set.with_class_action(class, action),
-    );
-    if let Some(delay) = tarpit {
-        rules = rules.with_tarpit_delay(delay);
-    }
-    Ok(Loaded {
-        rules,
-        limits,
-        crawlers,
-    })
 }
 
 /// A crawler definition and its user-agent patterns.
-fn compile_crawler(def: CrawlerDef, dir: &Path) -> Result<(Crawler, Vec<String>), Located> {
+fn compile_crawler(
+    def: CrawlerDef,
+    notes: &mut Notes<'_>,
+) -> Result<(Crawler, Vec<String>), Located> {
     let name_span = def.name.span();
     let name = def.name.into_inner();
     if name.is_empty() {
         return at(name_span, "a crawler needs a name");
     }
-    let (span, patterns) = strings(def.user_agent)?;
+    let (span, patterns) = checked_patterns(def.user_agent, true)?;
     bytes_regex_set(&patterns, span)?;
     let mut nets = Vec::new();
     if let Some(v) = def.ranges {
-        let (span, list) = strings(v)?;
-        for item in &list {
-            nets.push(item.parse::<Cidr>().or_else(|e| at(span.clone(), e))?);
-        }
+        nets.extend(networks(v, notes)?);
     }
     if let Some(files) = def.ranges_file {
         let span = files.span();
         for f in files.into_inner().into_vec() {
-            nets.extend(ip_list(&dir.join(f)).or_else(|e| at(span.clone(), e))?);
+            nets.extend(ip_list(&notes.origin.dir.join(f), span.clone(), notes)?);
         }
     }
     let mut rdns = Vec::new();
@@ -389,9 +733,7 @@ fn compile_crawler(def: CrawlerDef, dir: &Path) -> Result<(Crawler, Vec<String>)
     if nets.is_empty() && rdns.is_empty() {
         return at(
             name_span,
-            format!(
-                "crawler `{name}` has no `ranges`, `ranges_file` or `rdns`, so no claim could ever be verified"
-            ),
+            "no `ranges`, `ranges_file` or `rdns`, so no claim could ever be verified",
         );
     }
     Ok((
@@ -402,6 +744,19 @@ fn compile_crawler(def: CrawlerDef, dir: &Path) -> Result<(Crawler, Vec<String>)
         },
         patterns,
     ))
+}
+
+/// CIDR blocks or addresses written in a rule file; host bits set in a
+/// block (`10.0.0.1/8`) are cleared, with a warning.
+fn networks(value: Spanned<Items>, notes: &mut Notes<'_>) -> Result<Vec<Cidr>, Located> {
+    let mut nets = Vec::new();
+    for (span, item) in Items::spanned(value)? {
+        nets.push(item.parse::<Cidr>().or_else(|e| at(span.clone(), e))?);
+        if let Some(w) = Cidr::host_bits_warning(&item) {
+            notes.warn(span, w);
+        }
+    }
+    Ok(nets)
 }
 
 fn read(path: &Path) -> Result<Origin, ConfigError> {
@@ -427,10 +782,15 @@ fn read(path: &Path) -> Result<Origin, ConfigError> {
 
 /// The files the globs name, each glob's matches in name order. Only the
 /// last path component may hold `*` or `?`.
-fn expand(globs: &[String], base: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+fn expand(globs: &[String], base: &Path, diagnostics: &mut Diagnostics) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = Vec::new();
     for glob in globs {
-        let path = base.join(glob);
+        // `rules/a.toml` rather than `./rules/a.toml` in diagnostics.
+        let path = if base == Path::new(".") {
+            PathBuf::from(glob)
+        } else {
+            base.join(glob)
+        };
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -438,10 +798,16 @@ fn expand(globs: &[String], base: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             .to_owned();
         let mut matched = if name.contains(['*', '?']) {
             let dir = path.parent().unwrap_or(Path::new("."));
-            let entries = std::fs::read_dir(dir).map_err(|source| ConfigError::Read {
-                path: dir.to_owned(),
-                source,
-            })?;
+            let entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(source) => {
+                    diagnostics.absorb(ConfigError::Read {
+                        path: dir.to_owned(),
+                        source,
+                    });
+                    continue;
+                }
+            };
             let mut found: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
@@ -454,15 +820,15 @@ fn expand(globs: &[String], base: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             vec![path.clone()]
         };
         if matched.is_empty() {
-            return Err(ConfigError::Inconsistent {
-                file: glob.clone(),
-                message: "`rules`: this pattern matches no file".to_owned(),
-            });
+            diagnostics.push(Diagnostic::file_error(
+                glob.clone(),
+                "`rules`: this pattern matches no file",
+            ));
         }
         matched.retain(|p| !files.contains(p));
         files.extend(matched);
     }
-    Ok(files)
+    files
 }
 
 /// Shell-style match of `*` (any run) and `?` (one character).
@@ -488,7 +854,7 @@ fn wildcard(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
-fn compile_rule(def: RuleDef, dir: &Path) -> Result<Rule, Located> {
+fn compile_rule(def: RuleDef, notes: &mut Notes<'_>) -> Result<Rule, Located> {
     let name_span = def.name.span();
     let name = def.name.into_inner();
     let valid_name = !name.is_empty()
@@ -499,7 +865,7 @@ fn compile_rule(def: RuleDef, dir: &Path) -> Result<Rule, Located> {
     if !valid_name {
         return at(
             name_span,
-            format!("rule name `{name}`: use 1-64 letters, digits, `-`, `_`, `.` or `:`"),
+            "a rule name is 1-64 letters, digits, `-`, `_`, `.` or `:`",
         );
     }
     let mode = match def.mode {
@@ -510,22 +876,19 @@ fn compile_rule(def: RuleDef, dir: &Path) -> Result<Rule, Located> {
             other => {
                 return at(
                     m.span(),
-                    format!("rule `{name}`: mode `{other}`, expected `enforce` or `shadow`"),
+                    format!("mode `{other}`, expected `enforce` or `shadow`"),
                 );
             }
         },
     };
     let when = match def.when {
         None => Condition::Always,
-        Some(when) => compile_when(when, dir).map_err(|e| Located {
-            message: format!("rule `{name}`: {}", e.message),
-            ..e
-        })?,
+        Some(when) => compile_when(when, notes)?,
     };
     if def.score == 0 && def.class.is_none() && def.action.is_none() {
         return at(
             name_span,
-            format!("rule `{name}` has no effect: give it a score, a class or an action"),
+            "no effect: give it a score, a class or an action",
         );
     }
     Ok(Rule {
@@ -540,19 +903,13 @@ fn compile_rule(def: RuleDef, dir: &Path) -> Result<Rule, Located> {
     })
 }
 
-fn strings(value: Spanned<OneOrMany<String>>) -> Result<(Range<usize>, Vec<String>), Located> {
+fn strings(value: Spanned<Items>) -> Result<(Range<usize>, Vec<String>), Located> {
     let span = value.span();
-    let list = value.into_inner().into_vec();
-    if list.is_empty() {
-        return at(
-            span,
-            "an empty list never matches; remove the condition instead",
-        );
-    }
+    let list = Items::spanned(value)?.into_iter().map(|(_, s)| s).collect();
     Ok((span, list))
 }
 
-fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
+fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located> {
     let mut all: Vec<Condition> = Vec::new();
     if let Some(v) = when.method {
         let (span, list) = strings(v)?;
@@ -566,7 +923,7 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         all.push(Condition::Method(methods));
     }
     if let Some(v) = when.path {
-        let (span, list) = strings(v)?;
+        let (span, list) = checked_patterns(v, false)?;
         all.push(Condition::Path(regex_set(&list, span)?));
     }
     if let Some(v) = when.path_prefix {
@@ -577,7 +934,7 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         all.push(Condition::PathPrefix(list));
     }
     if let Some(v) = when.query {
-        let (span, list) = strings(v)?;
+        let (span, list) = checked_patterns(v, true)?;
         all.push(Condition::Query(bytes_regex_set(&list, span)?));
     }
     if let Some(v) = when.host {
@@ -611,7 +968,7 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         None => {}
     }
     if let Some(v) = when.user_agent {
-        let (span, list) = strings(v)?;
+        let (span, list) = checked_patterns(v, true)?;
         all.push(Condition::UserAgent(bytes_regex_set(&list, span)?));
     }
     if let Some(v) = when.user_agent_contains {
@@ -622,10 +979,7 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         let ac: AhoCorasick = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .build(&list)
-            .map_err(|e| Located {
-                span: Some(span),
-                message: format!("cannot build the literal matcher: {e}"),
-            })?;
+            .or_else(|e| at(span, format!("cannot build the literal matcher: {e}")))?;
         all.push(Condition::UserAgentContains(ac));
     }
     match when.user_agent_missing {
@@ -634,16 +988,12 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         None => {}
     }
     if let Some(v) = when.ip {
-        let (span, list) = strings(v)?;
-        let mut nets = Vec::with_capacity(list.len());
-        for item in &list {
-            nets.push(item.parse::<Cidr>().or_else(|e| at(span.clone(), e))?);
-        }
+        let nets = networks(v, notes)?;
         all.push(Condition::Ip(NetSet::new(&nets)));
     }
     if let Some(f) = when.ip_file {
         let span = f.span();
-        let nets = ip_list(&dir.join(f.get_ref())).or_else(|e| at(span, e))?;
+        let nets = ip_list(&notes.origin.dir.join(f.get_ref()), span, notes)?;
         all.push(Condition::Ip(NetSet::new(&nets)));
     }
     if let Some(v) = when.identity {
@@ -708,21 +1058,38 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
         };
         all.push(Condition::Signal(name, cmp));
     }
-    for (list, any) in [(when.all, false), (when.any, true)] {
-        if let Some(list) = list {
-            let compiled = list
-                .into_iter()
-                .map(|w| compile_when(w, dir))
-                .collect::<Result<Vec<_>, _>>()?;
-            all.push(if any {
-                Condition::Any(compiled)
-            } else {
-                Condition::All(compiled)
-            });
+    if let Some(list) = when.all {
+        let compiled = list
+            .into_iter()
+            .map(|w| compile_when(w, notes))
+            .collect::<Result<Vec<_>, _>>()?;
+        all.push(Condition::All(compiled));
+    }
+    if let Some(list) = when.any {
+        let span = list.span();
+        if list.get_ref().is_empty() {
+            notes.warn(
+                span,
+                "`any = []` never holds: give it conditions, or remove it",
+            );
         }
+        let compiled = list
+            .into_inner()
+            .into_iter()
+            .map(|w| compile_when(w, notes))
+            .collect::<Result<Vec<_>, _>>()?;
+        all.push(Condition::Any(compiled));
     }
     if let Some(not) = when.not {
-        all.push(Condition::Not(Box::new(compile_when(*not, dir)?)));
+        let span = not.span();
+        let inner = compile_when(*not.into_inner(), notes)?;
+        if always(&inner) {
+            notes.warn(
+                span,
+                "this `not` never holds, as what it negates always does: give it conditions, or remove it",
+            );
+        }
+        all.push(Condition::Not(Box::new(inner)));
     }
     Ok(match all.len() {
         0 => Condition::Always,
@@ -731,68 +1098,97 @@ fn compile_when(when: When, dir: &Path) -> Result<Condition, Located> {
     })
 }
 
+/// Patterns checked one by one, so that an error points at the pattern:
+/// each must compile (as a bytes regex with ASCII classes when `bytes`)
+/// and must not match the empty string. The list's span and the patterns.
+fn checked_patterns(
+    value: Spanned<Items>,
+    bytes: bool,
+) -> Result<(Range<usize>, Vec<String>), Located> {
+    let whole = value.span();
+    let items = Items::spanned(value)?;
+    for (span, pattern) in &items {
+        check_pattern(pattern, span.clone(), bytes)?;
+    }
+    Ok((whole, items.into_iter().map(|(_, p)| p).collect()))
+}
+
+/// One pattern compiles and does not match the empty string.
+fn check_pattern(pattern: &str, span: Range<usize>, bytes: bool) -> Result<(), Located> {
+    let empty = if bytes {
+        regex::bytes::RegexBuilder::new(pattern)
+            .unicode(false)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map(|r| r.is_match(b""))
+    } else {
+        regex::RegexBuilder::new(pattern)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map(|r| r.is_match(""))
+    };
+    match empty {
+        Err(e) => at(span, regex_error(pattern, &e)),
+        Ok(true) => at(
+            span,
+            format!("regex `{pattern}` matches the empty string, so it would match everything"),
+        ),
+        Ok(false) => Ok(()),
+    }
+}
+
+/// A regex error on one line: the pattern (its start, if long) and what
+/// is wrong with it.
+fn regex_error(pattern: &str, e: &regex::Error) -> String {
+    const SHOWN: usize = 48;
+    let short: String;
+    let pattern = if pattern.chars().count() > SHOWN {
+        short = pattern.chars().take(SHOWN).chain(['…']).collect();
+        &short
+    } else {
+        pattern
+    };
+    match e {
+        regex::Error::Syntax(text) => {
+            let why = text
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("error: "))
+                .unwrap_or(text);
+            format!("invalid regex `{pattern}`: {why}")
+        }
+        other => format!("invalid regex `{pattern}`: {other}"),
+    }
+}
+
+/// Checked patterns (see [`checked_patterns`]) as one set.
 fn regex_set(patterns: &[String], span: Range<usize>) -> Result<RegexSet, Located> {
-    check_patterns(patterns, span.clone())?;
     RegexSetBuilder::new(patterns)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| Located {
-            span: Some(span),
-            message: format!("invalid regex: {e}"),
-        })
+        .or_else(|e| at(span, format!("invalid regexes: {e}")))
 }
 
 /// One regex matched against bytes (header values may be any bytes).
 fn bytes_regex(pattern: &str, span: Range<usize>) -> Result<BytesRegex, Located> {
-    if Regex::new(pattern).is_ok_and(|r| r.is_match("")) {
-        return at(
-            span,
-            format!("regex `{pattern}` matches the empty string, so it would match everything"),
-        );
-    }
+    check_pattern(pattern, span.clone(), true)?;
     regex::bytes::RegexBuilder::new(pattern)
         .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| Located {
-            span: Some(span),
-            message: format!("invalid regex: {e}"),
-        })
+        .or_else(|e| at(span, regex_error(pattern, &e)))
 }
 
-/// Regexes matched against bytes, as one set. ASCII classes (`\w`, `\b`,
-/// `(?i)`) unless a pattern opts in with `(?u)`: Unicode word boundaries
-/// on hostile non-ASCII input fall back to a slow engine, and a client
-/// chooses the bytes.
+/// Checked patterns (see [`checked_patterns`]) matched against bytes, as
+/// one set. ASCII classes (`\w`, `\b`, `(?i)`) unless a pattern opts in
+/// with `(?u)`: Unicode word boundaries on hostile non-ASCII input fall
+/// back to a slow engine, and a client chooses the bytes.
 fn bytes_regex_set(patterns: &[String], span: Range<usize>) -> Result<BytesRegexSet, Located> {
-    check_patterns(patterns, span.clone())?;
     BytesRegexSetBuilder::new(patterns)
         .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| Located {
-            span: Some(span),
-            message: format!("invalid regex: {e}"),
-        })
-}
-
-/// Refuse empty lists and regexes that match the empty string.
-fn check_patterns(patterns: &[String], span: Range<usize>) -> Result<(), Located> {
-    if patterns.is_empty() {
-        return at(
-            span,
-            "an empty list never matches; remove the condition instead",
-        );
-    }
-    for p in patterns {
-        if Regex::new(p).is_ok_and(|r| r.is_match("")) {
-            return at(
-                span,
-                format!("regex `{p}` matches the empty string, so it would match everything"),
-            );
-        }
-    }
-    Ok(())
+        .or_else(|e| at(span, format!("invalid regexes: {e}")))
 }
 
 fn header_names(names: &[String], span: Range<usize>) -> Result<Vec<HeaderName>, Located> {
@@ -805,33 +1201,94 @@ fn header_names(names: &[String], span: Range<usize>) -> Result<Vec<HeaderName>,
         .collect()
 }
 
+/// At most this many errors, and this many warnings, are reported per
+/// address list (a file of something else would give one per line).
+const LIST_REPORTS: usize = 10;
+
 /// An address list: one CIDR or address per line; `#` starts a comment.
-fn ip_list(path: &Path) -> Result<Vec<Cidr>, String> {
+/// `span` is where the rule file names it. Bad lines are reported at
+/// their own line of the list; host bits set are cleared, with a warning.
+fn ip_list(path: &Path, span: Range<usize>, notes: &mut Notes<'_>) -> Result<Vec<Cidr>, Located> {
     let size = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .or_else(|e| at(span.clone(), format!("cannot read {}: {e}", path.display())))?
         .len();
     if size > MAX_LIST {
-        return Err(format!(
-            "{}: address lists may be at most {} MiB",
-            path.display(),
-            MAX_LIST >> 20
-        ));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut nets = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if line.is_empty() {
-            continue;
-        }
-        nets.push(
-            line.parse::<Cidr>()
-                .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?,
+        return at(
+            span,
+            format!(
+                "{}: address lists may be at most {} MiB",
+                path.display(),
+                MAX_LIST >> 20
+            ),
         );
     }
-    Ok(nets)
+    let text = std::fs::read_to_string(path)
+        .or_else(|e| at(span, format!("cannot read {}: {e}", path.display())))?;
+    let list = Origin {
+        file: path.display().to_string(),
+        dir: PathBuf::new(),
+        text: Arc::from(text),
+    };
+    let mut nets = Vec::new();
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    let (mut more_errors, mut more_warnings) = (0usize, 0usize);
+    let mut offset = 0;
+    for raw in list.text.split_inclusive('\n') {
+        let content = raw.split('#').next().unwrap_or("");
+        let entry = content.trim();
+        let start = offset + (content.len() - content.trim_start().len());
+        offset += raw.len();
+        if entry.is_empty() {
+            continue;
+        }
+        let here = Some(start..start + entry.len());
+        match entry.parse::<Cidr>() {
+            Ok(net) => nets.push(net),
+            Err(e) if errors.len() < LIST_REPORTS => {
+                errors.push(Diagnostic::at(
+                    Severity::Error,
+                    &list,
+                    here.clone(),
+                    None,
+                    e,
+                ));
+            }
+            Err(_) => more_errors += 1,
+        }
+        if let Some(w) = Cidr::host_bits_warning(entry) {
+            if warnings.len() < LIST_REPORTS {
+                warnings.push(Diagnostic::at(Severity::Warning, &list, here, None, w));
+            } else {
+                more_warnings += 1;
+            }
+        }
+    }
+    if more_warnings > 0 {
+        warnings.push(Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::file_error(
+                list.file.clone(),
+                format!("{more_warnings} more entries with host bits set"),
+            )
+        });
+    }
+    notes.warnings.extend(warnings);
+    if errors.is_empty() {
+        return Ok(nets);
+    }
+    if more_errors > 0 {
+        errors.push(Diagnostic::file_error(
+            list.file.clone(),
+            format!("{more_errors} more lines that are not addresses or CIDR blocks"),
+        ));
+    }
+    Err(Located {
+        span: None,
+        message: String::new(),
+        elsewhere: errors,
+    })
 }
 
+mod analysis;
 #[cfg(test)]
 mod tests;

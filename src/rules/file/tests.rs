@@ -698,3 +698,130 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
         "a plain browser request matches nothing"
     );
 }
+
+/// Load `files` (name, text) from one folder; every diagnostic as
+/// `file:line: severity: [rule `x`: ]message` with the folder left out.
+fn diagnostics_of(files: &[(&str, &str)]) -> (bool, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let shown = |d: &Diagnostic| {
+        let place = d.place().replace(&format!("{}/", dir.path().display()), "");
+        let rule = d
+            .rule
+            .as_ref()
+            .map(|r| format!("rule `{r}`: "))
+            .unwrap_or_default();
+        let severity = if d.severity == Severity::Error {
+            "error"
+        } else {
+            "warning"
+        };
+        format!("{place}: {severity}: {rule}{}", d.message)
+    };
+    match load_all(&["*.toml".to_owned()], dir.path()) {
+        Ok(loaded) => (true, loaded.warnings.iter().map(shown).collect()),
+        Err(ConfigError::Diagnostics(d)) => (false, d.all().iter().map(shown).collect()),
+        Err(e) => panic!("not a list: {e}"),
+    }
+}
+
+#[test]
+fn every_broken_rule_in_every_file_is_reported() {
+    let (ok, found) = diagnostics_of(&[
+        (
+            "a.toml",
+            "[[rule]]\nname = \"regex\"\nscore = 1\nwhen.path = \"(\"\n\n\
+             [[rule]]\nname = \"fine\"\nscore = 1\n\n\
+             [[rule]]\nname = \"key\"\nscore = 1\nwhen.nonsense = 1\n",
+        ),
+        (
+            "b.toml",
+            "[[rule]]\nname = \"cidr\"\nscore = 1\nwhen.ip = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n\n\
+             [[rule]]\nname = \"fine\"\nscore = 1\n",
+        ),
+        ("c.toml", "[[rule]\nname = \"syntax\"\n"),
+        (
+            "d.toml",
+            "[[rule]]\nname = \"listed\"\nscore = 1\nwhen.ip_file = \"list.txt\"\n",
+        ),
+        ("list.txt", "10.0.0.0/8\n\n  nope # a typo\n"),
+    ]);
+    assert!(!ok);
+    let expect = [
+        "a.toml:4:13: error: rule `regex`: invalid regex `(`",
+        "a.toml:13:6: error: rule `key`: `when.nonsense`: unknown field",
+        "b.toml:6:3: error: rule `cidr`: `10.0.0.0/33` is not",
+        "b.toml:10:8: error: rule `fine`: already defined at",
+        "c.toml:1:",
+        "list.txt:3:3: error: rule `listed`: `nope` is not",
+    ];
+    assert_eq!(found.len(), expect.len(), "{found:#?}");
+    for (got, want) in found.iter().zip(expect) {
+        assert!(got.starts_with(want), "{got}\n  wanted {want}");
+    }
+}
+
+#[test]
+fn warnings_name_the_rule_and_its_line() {
+    let (ok, found) = diagnostics_of(&[
+        (
+            "a.toml",
+            r#"[[rule]]
+name = "catch-all"
+class = "public_visitor"
+
+[[rule]]
+name = "dead"
+when.path_prefix = "/x"
+class = "malicious_bot"
+
+[[rule]]
+name = "scores"
+when.path_prefix = "/x"
+class = "malicious_bot"
+score = 10
+
+[[rule]]
+name = "twin"
+when = { path_prefix = ["/x"] }
+score = 5
+
+[[rule]]
+name = "trial"
+mode = "shadow"
+when.path_prefix = "/x"
+class = "malicious_bot"
+
+[[rule]]
+name = "nets"
+score = 1
+when.ip = ["192.0.2.0/24",
+  "10.1.2.3/8"]
+when.ip_file = "list.txt"
+"#,
+        ),
+        (
+            "list.txt",
+            "# a list\n203.0.113.0/24\n  198.51.100.7/16 # typo\n",
+        ),
+    ]);
+    assert!(ok, "{found:#?}");
+    for want in [
+        "a.toml:6:8: warning: rule `dead`: can never change a verdict: rule `catch-all`",
+        "a.toml:11:8: warning: rule `scores`: its `class` never takes effect",
+        "a.toml:17:8: warning: rule `twin`: same conditions as rule `dead`",
+        "a.toml:31:3: warning: rule `nets`: `10.1.2.3/8` has host bits set",
+        "list.txt:3:3: warning: rule `nets`: `198.51.100.7/16` has host bits set",
+    ] {
+        assert!(
+            found.iter().any(|f| f.starts_with(want)),
+            "missing {want}\n{found:#?}"
+        );
+    }
+    assert!(
+        !found.iter().any(|f| f.contains("`trial`")),
+        "shadow rules are not judged: {found:#?}"
+    );
+}
