@@ -78,9 +78,9 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let settings = state.proxy.settings();
             let store = settings.classifier.signals().state();
             state.metrics.observe_state(store.len(), store.evictions());
-            if let Some(counts) = settings.classifier.crawlers().dns_counts() {
-                state.metrics.observe_crawler_dns(counts);
-            }
+            state
+                .metrics
+                .observe_crawler_dns(settings.classifier.crawlers().dns_counts());
             let mut response = Response::new(Full::new(Bytes::from(state.metrics.encode())));
             response.headers_mut().insert(
                 CONTENT_TYPE,
