@@ -36,6 +36,8 @@ pub struct Classifier {
     rules: RuleSet,
     limits: Limits,
     crawlers: Crawlers,
+    /// Every file read to build it, besides the config file itself.
+    sources: Vec<std::path::PathBuf>,
 }
 
 impl Classifier {
@@ -52,27 +54,67 @@ impl Classifier {
             rules,
             limits: Limits::default(),
             crawlers: Crawlers::default(),
+            sources: Vec::new(),
         }
     }
 
     /// Compile the pipeline a config describes, loading key material.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let identity = IdentityStage::from_config(&config.identity, &config.origin)?;
-        let state = Arc::new(ClientStore::new(config.state.capacity));
+        Classifier::build(config, None)
+    }
+
+    /// Compile the pipeline that replaces `previous` on a reload: every
+    /// file is read and checked afresh, while what usher has learned
+    /// carries over — the client state (behaviour signals), the quotas
+    /// clients have spent, crawler DNS answers and counts, fetched JWKS and
+    /// cached sessions (see each stage's `after`). The client state keeps
+    /// the capacity it started with.
+    pub fn reload(config: &Config, previous: &Classifier) -> Result<Self, ConfigError> {
+        Classifier::build(config, Some(previous))
+    }
+
+    fn build(config: &Config, previous: Option<&Classifier>) -> Result<Self, ConfigError> {
+        let identity = IdentityStage::after(
+            &config.identity,
+            &config.origin,
+            previous.map(|p| &p.identity),
+        )?;
+        let signals = match previous {
+            Some(p) => p.signals.clone(),
+            None => SignalsStage::new(Arc::new(ClientStore::new(config.state.capacity))),
+        };
+        let capacity = signals.state().capacity();
         let loaded = crate::rules::file::load_all(&config.rules, &config.origin.dir)?;
-        let crawlers = Crawlers::new(loaded.crawlers, &config.crawlers).map_err(|e| {
-            ConfigError::Inconsistent {
-                file: config.origin.file.clone(),
-                message: e.to_string(),
-            }
+        let crawlers = Crawlers::after(
+            loaded.crawlers,
+            &config.crawlers,
+            previous.map(|p| &p.crawlers),
+        )
+        .map_err(|e| ConfigError::Inconsistent {
+            file: config.origin.file.clone(),
+            message: e.to_string(),
         })?;
+        let mut sources = config.identity.files(&config.origin.dir);
+        sources.extend(loaded.files);
         Ok(Classifier {
             identity,
-            signals: SignalsStage::new(state),
+            signals,
             rules: loaded.rules,
-            limits: Limits::new(&loaded.limits, config.state.capacity),
+            limits: Limits::after(&loaded.limits, capacity, previous.map(|p| &p.limits)),
             crawlers,
+            sources,
         })
+    }
+
+    /// Every file read to build it besides the config file: key files,
+    /// rule files and the address lists they name.
+    pub fn sources(&self) -> &[std::path::PathBuf] {
+        &self.sources
+    }
+
+    /// The rules, in evaluation order.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
     }
 
     /// How long the `tarpit` action holds a request.
@@ -166,6 +208,39 @@ mod tests {
         let (parts, ()) = req.body(()).unwrap().into_parts();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         classifier.classify(&Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH))
+    }
+
+    #[test]
+    fn a_reload_reads_every_file_afresh_and_keeps_what_was_learned() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("blocked.txt", "192.0.2.0/24\n");
+        write(
+            "a.toml",
+            "[[rule]]\nname = \"listed\"\nwhen = { any = [{ ip_file = \"blocked.txt\" }] }\nscore = 1\n",
+        );
+        write("usher.toml", "rules = [\"a.toml\"]\n");
+        let config = Config::load(&dir.path().join("usher.toml")).unwrap();
+        let before = Classifier::from_config(&config).unwrap();
+        assert_eq!(
+            before.sources(),
+            [dir.path().join("a.toml"), dir.path().join("blocked.txt")]
+        );
+
+        write(
+            "a.toml",
+            "[[rule]]\nname = \"renamed\"\nwhen = { path = \"/x\" }\nscore = 1\n",
+        );
+        let after = Classifier::reload(&config, &before).unwrap();
+        assert_eq!(&*after.rules().rules()[0].name, "renamed");
+        assert!(Arc::ptr_eq(
+            before.signals().state(),
+            after.signals().state()
+        ));
+        assert!(std::ptr::eq(
+            before.crawlers().dns_counts(),
+            after.crawlers().dns_counts()
+        ));
     }
 
     #[test]

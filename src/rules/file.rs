@@ -212,6 +212,8 @@ pub struct Loaded {
     pub limits: Vec<(Class, Rate)>,
     /// The crawlers whose claims are verified.
     pub crawlers: Definitions,
+    /// Every file read: the rule files and the address lists they name.
+    pub files: Vec<PathBuf>,
 }
 
 /// Load and compile the rule files named by `globs` (relative to `base`).
@@ -222,6 +224,7 @@ pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
 /// Load the rule files with the quotas and crawlers they define.
 pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
     let files = expand(globs, base)?;
+    let mut files_read: Vec<PathBuf> = files.clone();
     let mut crawlers = Definitions::default();
     let mut agent_patterns: Vec<String> = Vec::new();
     let mut limits: Vec<(Class, Rate)> = Vec::new();
@@ -282,6 +285,16 @@ pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
                 })?;
                 limits.push((class, rate));
             }
+        }
+        for def in &file.rule {
+            if let Some(when) = &def.when {
+                address_lists(when, &origin.dir, &mut files_read);
+            }
+        }
+        for def in &file.crawler {
+            let lists = def.ranges_file.as_ref().map(|f| f.get_ref().clone());
+            let lists = lists.map(OneOrMany::into_vec).unwrap_or_default();
+            files_read.extend(lists.iter().map(|f| origin.dir.join(f)));
         }
         for def in file.rule {
             let name_span = def.name.span();
@@ -354,7 +367,24 @@ pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
         rules,
         limits,
         crawlers,
+        files: files_read,
     })
+}
+
+/// The address lists (`ip_file`) a condition names, at any depth.
+fn address_lists(when: &When, dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Some(f) = &when.ip_file {
+        out.push(dir.join(f.get_ref()));
+    }
+    let nested = when.all.iter().chain(&when.any).flatten();
+    for inner in nested.chain(when.not.as_deref()) {
+        address_lists(inner, dir, out);
+    }
+}
+
+/// The rule files the globs name now, in load order (relative to `base`).
+pub fn rule_files(globs: &[String], base: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    expand(globs, base)
 }
 
 /// A crawler definition and its user-agent patterns.
