@@ -278,11 +278,13 @@ async fn no_request_fails_while_reloading_under_load() {
         });
     }
 
+    // Let the load run on between reloads: so many more requests done.
     let wait_for_load = |n: usize| {
-        let ok = ok.clone();
+        let (ok, failed) = (ok.clone(), failed.clone());
         async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while ok.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ok.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < deadline, "the load stalled");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -318,7 +320,6 @@ async fn no_request_fails_while_reloading_under_load() {
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "{ok} ok, {failed} failed: {errors:?}");
-    assert!(ok >= 300, "{ok}");
     assert!(metric(&usher, SUCCESS).await >= 5.0);
     assert!(metric(&usher, FAILURE).await >= 1.0);
 }
@@ -413,15 +414,23 @@ async fn reload_endpoint_answers_post_only_and_works_without_a_config_file() {
     let (status, _) = common::get(&usher.admin_url("/reload")).await;
     assert_eq!(status, 405);
 
-    let (status, answer) = post_reload(&usher).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["result"], "success");
+    // Triggers at once: each is answered, one reload after another.
     usher.signal(libc::SIGHUP);
+    let posts = (0..4).map(|_| post_reload(&usher));
+    for (status, answer) in futures_util::future::join_all(posts).await {
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["result"], "success");
+    }
     eventually("a reload on SIGHUP", &usher, || async {
         reloads_logged(&usher, "sighup") == 1
     })
     .await;
-    assert_eq!(metric(&usher, SUCCESS).await, 2.0);
+    assert_eq!(metric(&usher, SUCCESS).await, 5.0);
+    assert!(
+        usher.stderr().contains("no config file"),
+        "{}",
+        usher.stderr()
+    );
     let (status, _) = common::get(&usher.url("/")).await;
     assert_eq!(status, 200);
 }
