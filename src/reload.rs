@@ -160,16 +160,22 @@ pub fn start(source: Source, running: Config, proxy: Arc<Proxy>, metrics: Arc<Me
         &running,
         &proxy.settings().classifier,
     );
-    let reloader = Reloader {
+    // Watch first, then read: a change after this point is seen. (One
+    // during the startup load itself, before this, waits for the next
+    // change or trigger.) Small files, read once at start.
+    let mut reloader = Reloader {
         source,
         running,
         proxy,
         metrics,
-        inputs,
         seen: Fingerprint::default(),
         loaded: Fingerprint::default(),
+        inputs,
         watch,
     };
+    reloader.refresh_watch();
+    reloader.seen = reloader.inputs.fingerprint();
+    reloader.loaded = reloader.seen.clone();
     let watching = reloader.watch.is_some();
     tokio::spawn(reloader.run(rx));
 
@@ -235,12 +241,6 @@ struct Reloader {
 
 impl Reloader {
     async fn run(mut self, mut rx: mpsc::Receiver<(Trigger, Reply)>) {
-        let inputs = self.inputs.clone();
-        if let Ok(now) = tokio::task::spawn_blocking(move || inputs.fingerprint()).await {
-            self.loaded = now.clone();
-            self.seen = now;
-        }
-        self.refresh_watch();
         while let Some((trigger, reply)) = rx.recv().await {
             let result = self.reload(trigger).await;
             let _ = reply.send(result);
