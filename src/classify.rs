@@ -37,6 +37,8 @@ pub struct Classifier {
     limits: Limits,
     crawlers: Crawlers,
     warnings: Vec<Diagnostic>,
+    /// Every file read to build it, besides the config file itself.
+    sources: Vec<std::path::PathBuf>,
 }
 
 impl Classifier {
@@ -54,6 +56,7 @@ impl Classifier {
             limits: Limits::default(),
             crawlers: Crawlers::default(),
             warnings: Vec::new(),
+            sources: Vec::new(),
         }
     }
 
@@ -63,11 +66,29 @@ impl Classifier {
     /// warnings found on the way; without errors the warnings are kept
     /// (see [`Classifier::warnings`]).
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        Classifier::build(config, None)
+    }
+
+    /// Compile the pipeline that replaces `previous` on a reload: every
+    /// file is read and checked afresh, while what usher has learned
+    /// carries over — the client state (behaviour signals), the quotas
+    /// clients have spent, crawler DNS answers and counts, fetched JWKS and
+    /// cached sessions (see each stage's `after`). The client state keeps
+    /// the capacity it started with.
+    pub fn reload(config: &Config, previous: &Classifier) -> Result<Self, ConfigError> {
+        Classifier::build(config, Some(previous))
+    }
+
+    fn build(config: &Config, previous: Option<&Classifier>) -> Result<Self, ConfigError> {
         let mut found = Diagnostics::new();
         found.extend(config.warnings());
-        let identity = IdentityStage::from_config(&config.identity, &config.origin)
-            .map_err(|e| found.absorb(e))
-            .ok();
+        let identity = IdentityStage::after(
+            &config.identity,
+            &config.origin,
+            previous.map(|p| &p.identity),
+        )
+        .map_err(|e| found.absorb(e))
+        .ok();
         let loaded = crate::rules::file::load_all(&config.rules, &config.origin.dir)
             .map_err(|e| found.absorb(e))
             .ok();
@@ -76,20 +97,30 @@ impl Classifier {
         };
         found.extend(std::mem::take(&mut loaded.warnings));
         let warnings = found.into_result()?;
-        let state = Arc::new(ClientStore::new(config.state.capacity));
-        let crawlers = Crawlers::new(loaded.crawlers, &config.crawlers).map_err(|e| {
-            ConfigError::Inconsistent {
-                file: config.origin.file.clone(),
-                message: e.to_string(),
-            }
+        let signals = match previous {
+            Some(p) => p.signals.clone(),
+            None => SignalsStage::new(Arc::new(ClientStore::new(config.state.capacity))),
+        };
+        let capacity = signals.state().capacity();
+        let crawlers = Crawlers::after(
+            loaded.crawlers,
+            &config.crawlers,
+            previous.map(|p| &p.crawlers),
+        )
+        .map_err(|e| ConfigError::Inconsistent {
+            file: config.origin.file.clone(),
+            message: e.to_string(),
         })?;
+        let mut sources = config.identity.files(&config.origin.dir);
+        sources.extend(loaded.files);
         Ok(Classifier {
             identity,
-            signals: SignalsStage::new(state),
+            signals,
             rules: loaded.rules,
-            limits: Limits::new(&loaded.limits, config.state.capacity),
+            limits: Limits::after(&loaded.limits, capacity, previous.map(|p| &p.limits)),
             crawlers,
             warnings,
+            sources,
         })
     }
 
@@ -97,6 +128,12 @@ impl Classifier {
     /// not meant; `serve` logs them at startup, `check` prints them.
     pub fn warnings(&self) -> &[Diagnostic] {
         &self.warnings
+    }
+
+    /// Every file read to build it besides the config file: key files,
+    /// rule files and the address lists they name.
+    pub fn sources(&self) -> &[std::path::PathBuf] {
+        &self.sources
     }
 
     /// How long the `tarpit` action holds a request.
@@ -195,6 +232,39 @@ mod tests {
         let (parts, ()) = req.body(()).unwrap().into_parts();
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
         classifier.classify(&Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH))
+    }
+
+    #[test]
+    fn a_reload_reads_every_file_afresh_and_keeps_what_was_learned() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("blocked.txt", "192.0.2.0/24\n");
+        write(
+            "a.toml",
+            "[[rule]]\nname = \"listed\"\nwhen = { any = [{ ip_file = \"blocked.txt\" }] }\nscore = 1\n",
+        );
+        write("usher.toml", "rules = [\"a.toml\"]\n");
+        let config = Config::load(&dir.path().join("usher.toml")).unwrap();
+        let before = Classifier::from_config(&config).unwrap();
+        assert_eq!(
+            before.sources(),
+            [dir.path().join("a.toml"), dir.path().join("blocked.txt")]
+        );
+
+        write(
+            "a.toml",
+            "[[rule]]\nname = \"renamed\"\nwhen = { path = \"/x\" }\nscore = 1\n",
+        );
+        let after = Classifier::reload(&config, &before).unwrap();
+        assert_eq!(&*after.rules().rules()[0].name, "renamed");
+        assert!(Arc::ptr_eq(
+            before.signals().state(),
+            after.signals().state()
+        ));
+        assert!(std::ptr::eq(
+            before.crawlers().dns_counts(),
+            after.crawlers().dns_counts()
+        ));
     }
 
     #[test]

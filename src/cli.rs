@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::classify::Classifier;
 use crate::config::{Config, ConfigError, Diagnostics, Upstream};
+use crate::reload::Source;
 use crate::server::{ServeError, Server};
 
 /// usher: a reverse-proxy sidecar that labels every request with who is
@@ -36,7 +37,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the proxy in front of the upstream until SIGTERM or SIGINT.
+    /// Run the proxy in front of the upstream until SIGTERM or SIGINT;
+    /// SIGHUP reloads the configuration.
     Serve(ServeArgs),
     /// Validate a config file with the rule and key files it names: every
     /// error and warning with file:line:column; exit 0 if valid, 2 if not.
@@ -85,9 +87,11 @@ pub struct HashArgs {
 }
 
 /// Flags of `usher serve`.
-#[derive(Debug, Args)]
+#[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     /// Config file (TOML). Without it usher runs on built-in defaults.
+    /// It is reloaded, with the files it names, on SIGHUP, on POST /reload
+    /// and when any of them changes.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Address for client traffic, overriding `listen` [default: 127.0.0.1:8080].
@@ -331,9 +335,10 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         runtime.worker_threads(usize::from(workers));
     }
     let runtime = runtime.enable_all().build().map_err(CliError::Runtime)?;
+    let source = Source::new(args.config.clone(), move || serve_config(&args));
     runtime.block_on(async {
         let server = Server::bind(config, classifier).await?;
-        server.run(shutdown_signal()).await;
+        server.with_reload(source).run(shutdown_signal()).await;
         Ok(())
     })
 }

@@ -5,7 +5,8 @@
 //! [`facts`] → [`identity`] → [`signals`] → [`rules`] → [`verdict`], run by
 //! [`classify`]; [`proxy`] carries the request upstream and back; [`server`]
 //! accepts connections; [`admin`] and [`metrics`] report; [`config`] and
-//! [`cli`] turn files and flags into a validated configuration.
+//! [`cli`] turn files and flags into a validated configuration, which
+//! [`reload`] replaces while usher runs.
 
 pub mod access_log;
 pub mod admin;
@@ -21,6 +22,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod replay;
 pub mod rules;
 pub mod server;

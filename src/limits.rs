@@ -1,8 +1,11 @@
 //! Per-class rate quotas: governor's GCRA, keyed by client, with its state
-//! kept in a bounded map so an address-rotation flood cannot grow it.
+//! kept in a bounded map so an address-rotation flood cannot grow it. A
+//! reload hands each unchanged quota, with the state it has gathered, to
+//! the new configuration, so reloading never resets what clients spent.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -78,10 +81,17 @@ impl StateStore for Store {
 type Limiter =
     RateLimiter<ClientKey, Store, DefaultClock, NoOpMiddleware<<DefaultClock as Clock>::Instant>>;
 
+/// One class's quota and the state it has gathered; shared with the
+/// configuration that replaces this one when the quota stays the same.
+struct ClassQuota {
+    rate: Rate,
+    capacity: usize,
+    limiter: Limiter,
+}
+
 /// The quotas of every class that has one.
 pub struct Limits {
-    per_class: [Option<Limiter>; Class::ALL.len()],
-    clock: DefaultClock,
+    per_class: [Option<Arc<ClassQuota>>; Class::ALL.len()],
 }
 
 impl std::fmt::Debug for Limits {
@@ -105,16 +115,33 @@ impl Limits {
     /// Quotas for the given classes, each remembering up to `capacity`
     /// clients.
     pub fn new(rates: &[(Class, Rate)], capacity: usize) -> Self {
+        Limits::after(rates, capacity, None)
+    }
+
+    /// Quotas for the given classes that take over, from the quotas they
+    /// replace, every class whose rate, burst and capacity are unchanged,
+    /// with what its clients have spent. A changed quota starts afresh.
+    pub fn after(rates: &[(Class, Rate)], capacity: usize, previous: Option<&Limits>) -> Self {
         let clock = DefaultClock::default();
-        let mut per_class: [Option<Limiter>; Class::ALL.len()] = Default::default();
-        for (class, rate) in rates {
-            per_class[class.index()] = Some(RateLimiter::new(
-                rate.quota(),
-                Store(BoundedMap::new(capacity)),
-                clock.clone(),
-            ));
+        let mut per_class: [Option<Arc<ClassQuota>>; Class::ALL.len()] = Default::default();
+        for &(class, rate) in rates {
+            let kept = previous
+                .and_then(|p| p.per_class[class.index()].as_ref())
+                .filter(|q| q.rate == rate && q.capacity == capacity);
+            per_class[class.index()] = Some(match kept {
+                Some(quota) => Arc::clone(quota),
+                None => Arc::new(ClassQuota {
+                    rate,
+                    capacity,
+                    limiter: RateLimiter::new(
+                        rate.quota(),
+                        Store(BoundedMap::new(capacity)),
+                        clock.clone(),
+                    ),
+                }),
+            });
         }
-        Limits { per_class, clock }
+        Limits { per_class }
     }
 
     /// Whether the class has a quota.
@@ -133,13 +160,14 @@ impl Limits {
         client: IpAddr,
         subject: Option<&str>,
     ) -> Result<(), Duration> {
-        let Some(limiter) = &self.per_class[class.index()] else {
+        let Some(quota) = &self.per_class[class.index()] else {
             return Ok(());
         };
         let key = subject.map_or_else(|| ClientKey::of(client), ClientKey::of_subject);
+        let limiter = &quota.limiter;
         limiter
             .check_key(&key)
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 }
 
@@ -188,5 +216,40 @@ mod tests {
                 "no quota, no limit"
             );
         }
+    }
+
+    #[test]
+    fn a_reload_keeps_what_clients_spent_on_unchanged_quotas() {
+        let bot = Rate::parse("1/h", Some(2)).unwrap();
+        let user = Rate::parse("1/h", Some(1)).unwrap();
+        let before = Limits::new(
+            &[(Class::MaliciousBot, bot), (Class::RegisteredUser, user)],
+            1000,
+        );
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(before.check(Class::MaliciousBot, a, None).is_ok());
+        assert!(before.check(Class::RegisteredUser, a, None).is_ok());
+
+        let changed = Rate::parse("1/h", Some(3)).unwrap();
+        let after = Limits::after(
+            &[(Class::MaliciousBot, bot), (Class::RegisteredUser, changed)],
+            1000,
+            Some(&before),
+        );
+        assert!(after.check(Class::MaliciousBot, a, None).is_ok());
+        assert!(
+            after.check(Class::MaliciousBot, a, None).is_err(),
+            "the unchanged quota remembers the request made before the reload"
+        );
+        for _ in 0..3 {
+            assert!(
+                after.check(Class::RegisteredUser, a, None).is_ok(),
+                "a changed quota starts afresh"
+            );
+        }
+        assert!(
+            before.check(Class::MaliciousBot, a, None).is_err(),
+            "requests still holding the old quotas share the same state"
+        );
     }
 }

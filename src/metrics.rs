@@ -5,7 +5,7 @@ use crate::crawlers::Status;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -132,6 +132,10 @@ pub struct Metrics {
     pub tracked_clients: IntGauge,
     /// Client records evicted to make room (caught up at scrape time).
     pub state_evictions: IntCounter,
+    /// Reloads by result: success, failure.
+    config_reloads: [IntCounter; 2],
+    /// When the running configuration was loaded (Unix seconds).
+    config_loaded: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -406,6 +410,25 @@ impl Metrics {
             )?,
         )?;
 
+        let reloads_vec = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "usher_config_reloads_total",
+                    "Configuration reloads, by result (success, or failure: the previous configuration kept serving).",
+                ),
+                &["result"],
+            )?,
+        )?;
+        let config_reloads = ["success", "failure"].map(|r| reloads_vec.with_label_values(&[r]));
+        let config_loaded = register(
+            &registry,
+            Gauge::new(
+                "usher_config_last_reload_success_timestamp_seconds",
+                "When the running configuration was loaded (at start or by the last successful reload), in Unix seconds.",
+            )?,
+        )?;
+
         let build_info = register(
             &registry,
             IntGaugeVec::new(
@@ -441,7 +464,27 @@ impl Metrics {
             crawler_dns_lookups,
             tracked_clients,
             state_evictions,
+            config_reloads,
+            config_loaded,
         })
+    }
+
+    /// Note that the running configuration was loaded now (at start).
+    pub fn config_loaded(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.config_loaded.set(now.as_secs_f64());
+    }
+
+    /// Count a reload; a successful one also stamps the load time.
+    pub fn count_reload(&self, success: bool) {
+        if success {
+            self.config_reloads[0].inc();
+            self.config_loaded();
+        } else {
+            self.config_reloads[1].inc();
+        }
     }
 
     /// Count one classified request.
@@ -570,9 +613,24 @@ mod tests {
         assert!(text.contains(r#"usher_upstream_errors_total{kind="reset"} 1"#));
         assert!(text.contains(r#"usher_upstream_errors_total{kind="refused"} 0"#));
         assert!(text.contains(r#"usher_build_info{version=""#));
+        assert!(text.contains(r#"usher_config_reloads_total{result="success"} 0"#));
+        assert!(text.contains(r#"usher_config_reloads_total{result="failure"} 0"#));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("usher_"), "{line}");
         }
+    }
+
+    #[test]
+    fn only_a_successful_reload_moves_the_load_time() {
+        let m = Metrics::new().unwrap();
+        m.config_loaded.set(1.0);
+        m.count_reload(false);
+        assert_eq!(m.config_loaded.get(), 1.0);
+        m.count_reload(true);
+        assert!(m.config_loaded.get() > 1.0e9);
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(text.contains(r#"usher_config_reloads_total{result="success"} 1"#));
+        assert!(text.contains(r#"usher_config_reloads_total{result="failure"} 1"#));
     }
 
     #[test]

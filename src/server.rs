@@ -21,6 +21,7 @@ use crate::classify::Classifier;
 use crate::config::{AccessLog as AccessLogMode, Config};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Settings, upstream};
+use crate::reload;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,7 @@ pub struct Server {
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     config: Config,
+    reload: Option<reload::Source>,
 }
 
 impl Server {
@@ -71,6 +73,7 @@ impl Server {
             metrics.clone(),
             access_log.clone(),
         ));
+        metrics.config_loaded();
         Ok(Server {
             listener,
             admin_listener,
@@ -78,7 +81,16 @@ impl Server {
             metrics,
             access_log,
             config,
+            reload: None,
         })
+    }
+
+    /// Reload the configuration from `source` on SIGHUP, `POST /reload`
+    /// and changes to its files (see [`reload`]). Without it, the
+    /// configuration is fixed and `POST /reload` answers 503.
+    pub fn with_reload(mut self, source: reload::Source) -> Self {
+        self.reload = Some(source);
+        self
     }
 
     /// The address the proxy listens on (useful with port 0).
@@ -109,7 +121,10 @@ impl Server {
             metrics,
             access_log,
             config,
+            reload,
         } = self;
+        let reload = reload
+            .map(|source| reload::start(source, config.clone(), proxy.clone(), metrics.clone()));
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin);
         let ready = Arc::new(AtomicBool::new(false));
         let (stop_admin, admin_stopped) = watch::channel(false);
@@ -119,6 +134,7 @@ impl Server {
                 metrics: metrics.clone(),
                 ready: ready.clone(),
                 proxy: proxy.clone(),
+                reload,
             },
             admin_stopped,
         ));

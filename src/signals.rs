@@ -42,8 +42,9 @@ pub struct Signals {
     pub crawler: crate::crawlers::Claim,
 }
 
-/// Computes signals, keeping per-client behaviour in `state`.
-#[derive(Debug)]
+/// Computes signals, keeping per-client behaviour in `state`. A clone
+/// shares the state and the path hash's key, as a reload must.
+#[derive(Clone, Debug)]
 pub struct SignalsStage {
     state: Arc<ClientStore>,
     /// Keys the distinct-paths hash: random per process, so a client

@@ -23,9 +23,29 @@ pub struct IdentityConfig {
     pub session: Option<SessionConfig>,
 }
 
+impl IdentityConfig {
+    /// The files its credential sources read (keys, secrets, JWKS
+    /// documents), relative paths taken from `base`.
+    pub fn files(&self, base: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let jwt = self.jwt.iter().flat_map(|issuer| {
+            [
+                &issuer.secret_file,
+                &issuer.public_key_file,
+                &issuer.jwks_file,
+            ]
+            .into_iter()
+            .flatten()
+        });
+        let api_keys = self.api_keys.iter().map(|a| &a.file);
+        jwt.chain(api_keys)
+            .map(|file| base.join(file.get_ref()))
+            .collect()
+    }
+}
+
 /// Opaque session cookies, resolved by an introspection call to the
 /// application and cached.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// The session cookie's name.
@@ -183,7 +203,7 @@ pub struct JwtIssuerConfig {
 /// `{ claim = "plan", any_of = ["pro", "enterprise"] }`: the claim is one
 /// of the values, or (for an array claim, or a space-separated `scope` /
 /// `scp` string) contains one of them. Matching is exact.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimMatch {
     /// The claim's name.

@@ -246,7 +246,7 @@ impl Default for StateConfig {
 
 /// Reverse DNS for crawler claims (the crawlers themselves are defined in
 /// rule files).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CrawlersConfig {
     /// DNS servers (`address` or `address:port`); empty means the system's

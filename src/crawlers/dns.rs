@@ -97,6 +97,7 @@ type Limiter = governor::DefaultDirectRateLimiter;
 
 /// The DNS side of crawler verification.
 pub struct ReverseDns {
+    config: CrawlersConfig,
     resolver: TokioResolver,
     slots: BoundedMap<(IpAddr, u16), Arc<Slot>>,
     in_flight: Arc<Semaphore>,
@@ -104,7 +105,7 @@ pub struct ReverseDns {
     budget: Duration,
     timeout: Duration,
     ttl: Duration,
-    counts: LookupCounts,
+    counts: Arc<LookupCounts>,
 }
 
 impl std::fmt::Debug for ReverseDns {
@@ -117,8 +118,9 @@ impl std::fmt::Debug for ReverseDns {
 }
 
 impl ReverseDns {
-    /// A resolver for the configured servers (or the system's).
-    pub fn new(config: &CrawlersConfig) -> Result<Self, DnsSetupError> {
+    /// A resolver for the configured servers (or the system's), counting
+    /// its lookups in `counts` (which outlive it across reloads).
+    pub fn new(config: &CrawlersConfig, counts: Arc<LookupCounts>) -> Result<Self, DnsSetupError> {
         let mut builder = if config.dns_servers.is_empty() {
             TokioResolver::builder_tokio().map_err(|e| DnsSetupError(e.to_string()))?
         } else {
@@ -144,6 +146,7 @@ impl ReverseDns {
         let resolver = builder.build().map_err(|e| DnsSetupError(e.to_string()))?;
         let rate = NonZeroU32::new(LOOKUPS_PER_SECOND).unwrap_or(NonZeroU32::MIN);
         Ok(ReverseDns {
+            config: config.clone(),
             resolver,
             slots: BoundedMap::new(CAPACITY),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -151,8 +154,13 @@ impl ReverseDns {
             budget: config.dns_budget,
             timeout: config.dns_timeout,
             ttl: config.dns_cache_ttl,
-            counts: LookupCounts::default(),
+            counts,
         })
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &CrawlersConfig {
+        &self.config
     }
 
     /// Lookups so far, by outcome.

@@ -108,6 +108,8 @@ impl Claim {
 pub struct Crawlers {
     defs: Definitions,
     dns: Option<Arc<ReverseDns>>,
+    /// Lookups so far; carried across reloads so the metric only grows.
+    counts: Arc<dns::LookupCounts>,
 }
 
 /// Why crawler verification cannot start.
@@ -121,10 +123,38 @@ impl Crawlers {
     /// Without `dns_servers`, a system without a usable DNS configuration
     /// gets a warning, and claims that need DNS stay unknown.
     pub fn new(defs: Definitions, config: &CrawlersConfig) -> Result<Self, DnsSetupError> {
+        Crawlers::after(defs, config, None)
+    }
+
+    /// Crawlers that replace `previous` on a reload: the lookup counts
+    /// carry over, and so do the resolver and its remembered answers when
+    /// the DNS settings and every crawler's reverse-DNS suffixes are
+    /// unchanged (answers are remembered per crawler position, so a
+    /// changed list starts with none).
+    pub fn after(
+        defs: Definitions,
+        config: &CrawlersConfig,
+        previous: Option<&Crawlers>,
+    ) -> Result<Self, DnsSetupError> {
+        let counts = previous.map(|p| p.counts.clone()).unwrap_or_default();
+        let same_suffixes = |old: &Definitions| {
+            old.list.len() == defs.list.len()
+                && old
+                    .list
+                    .iter()
+                    .zip(&defs.list)
+                    .all(|(a, b)| a.rdns == b.rdns)
+        };
+        let reusable = previous
+            .filter(|p| same_suffixes(&p.defs))
+            .and_then(|p| p.dns.clone())
+            .filter(|dns| dns.config() == config);
         let dns = if !defs.list.iter().any(|c| !c.rdns.is_empty()) {
             None
+        } else if let Some(dns) = reusable {
+            Some(dns)
         } else {
-            match ReverseDns::new(config) {
+            match ReverseDns::new(config, counts.clone()) {
                 Ok(dns) => Some(Arc::new(dns)),
                 Err(e) if config.dns_servers.is_empty() => {
                     tracing::warn!(
@@ -135,12 +165,12 @@ impl Crawlers {
                 Err(e) => return Err(e),
             }
         };
-        Ok(Crawlers { defs, dns })
+        Ok(Crawlers { defs, dns, counts })
     }
 
-    /// Reverse-DNS lookups so far, if DNS is in use.
-    pub fn dns_counts(&self) -> Option<&dns::LookupCounts> {
-        self.dns.as_deref().map(ReverseDns::counts)
+    /// Reverse-DNS lookups so far (all zero while DNS is not in use).
+    pub fn dns_counts(&self) -> &dns::LookupCounts {
+        &self.counts
     }
 
     /// The crawlers.
@@ -234,7 +264,11 @@ mod tests {
                 },
             ],
         };
-        Crawlers { defs, dns: None }
+        Crawlers {
+            defs,
+            dns: None,
+            counts: Arc::default(),
+        }
     }
 
     #[test]

@@ -82,6 +82,13 @@ impl RemoteJwks {
         &self.url
     }
 
+    /// Whether this key set is the one an issuer configured so would
+    /// fetch: a reload keeps it (keys and fetch task) instead of starting
+    /// with none.
+    pub fn serves(&self, url: &Uri, refresh: Duration, min_refetch: Duration) -> bool {
+        self.url == *url && self.refresh == refresh && self.min_refetch == min_refetch
+    }
+
     /// Keep the key set fresh until every other holder of it is gone (the
     /// config was replaced).
     pub async fn run(this: Weak<Self>, metrics: JwksMetrics) {

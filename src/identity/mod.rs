@@ -17,7 +17,7 @@ use std::sync::Arc;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{HeaderMap, HeaderName};
 
-use crate::config::identity::{IdentityConfig, JwtIssuerConfig, OnInvalid};
+use crate::config::identity::{IdentityConfig, JwtIssuerConfig, OnInvalid, SessionConfig};
 use crate::config::{ConfigError, Origin};
 use crate::facts::Facts;
 use crate::verdict::Class;
@@ -290,7 +290,10 @@ pub struct IdentityStage {
     jwt: JwtVerifier,
     /// Cookie names, each with the one issuer whose tokens it may carry.
     jwt_cookies: Vec<(String, usize)>,
-    session: Option<session::SessionResolver>,
+    /// The resolver, with the settings it was made from (shared with the
+    /// stage that replaces this one when they are unchanged, so its cache
+    /// survives a reload).
+    session: Option<(SessionConfig, Arc<session::SessionResolver>)>,
     on_invalid: OnInvalid,
 }
 
@@ -298,6 +301,20 @@ impl IdentityStage {
     /// Build the verifiers, loading key material; relative paths are taken
     /// from the config file's folder, errors placed in the right file.
     pub fn from_config(config: &IdentityConfig, origin: &Origin) -> Result<Self, ConfigError> {
+        IdentityStage::after(config, origin, None)
+    }
+
+    /// Build the verifiers that replace `previous` on a reload. Key files
+    /// are read afresh and verified tokens are not carried over (keys may
+    /// have been withdrawn); a JWKS URL whose settings are unchanged keeps
+    /// its fetched keys and fetch task, and unchanged session settings keep
+    /// the resolver and its cache.
+    pub fn after(
+        config: &IdentityConfig,
+        origin: &Origin,
+        previous: Option<&IdentityStage>,
+    ) -> Result<Self, ConfigError> {
+        let remote_before = previous.map(IdentityStage::remote_jwks).unwrap_or_default();
         let mut issuers: Vec<Issuer> = Vec::with_capacity(config.jwt.len());
         let mut jwt_cookies: Vec<(String, usize)> = Vec::new();
         for (i, issuer) in config.jwt.iter().enumerate() {
@@ -312,7 +329,7 @@ impl IdentityStage {
                 )));
             }
             issuers.push(
-                compile_issuer(i, issuer, &origin.dir)
+                compile_issuer(i, issuer, &origin.dir, &remote_before)
                     .map_err(|e| origin.error_at(e.span, e.message))?,
             );
             if let Some(cookie) = &issuer.cookie {
@@ -367,7 +384,13 @@ impl IdentityStage {
                         ),
                     });
                 }
-                Some(session::SessionResolver::new(c, url))
+                let kept = previous
+                    .and_then(|p| p.session.as_ref())
+                    .filter(|(before, _)| before == c)
+                    .map(|(_, resolver)| Arc::clone(resolver));
+                let resolver =
+                    kept.unwrap_or_else(|| Arc::new(session::SessionResolver::new(c, url)));
+                Some((c.clone(), resolver))
             }
         };
         Ok(IdentityStage {
@@ -393,7 +416,7 @@ impl IdentityStage {
         headers: &HeaderMap,
         metrics: &session::SessionMetrics,
     ) -> Option<Identity> {
-        let resolver = self.session.as_ref()?;
+        let (_, resolver) = self.session.as_ref()?;
         let api_key_header = self.api_keys.as_ref().map(|a| &a.header);
         // Only credentials usher reads come first: a `Basic` header, say,
         // leaves the session to decide.
@@ -542,7 +565,12 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>,
     Ok(found.filter(|v| !v.is_empty()))
 }
 
-fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, SourceError> {
+fn compile_issuer(
+    i: usize,
+    c: &JwtIssuerConfig,
+    base: &Path,
+    remote_before: &[Arc<jwks::RemoteJwks>],
+) -> Result<Issuer, SourceError> {
     let key = |field: &str| format!("identity.jwt[{i}].{field}");
     let fail = |span: std::ops::Range<usize>, field: &str, e: KeyError| SourceError {
         span: Some(span),
@@ -581,11 +609,17 @@ fn compile_issuer(i: usize, c: &JwtIssuerConfig, base: &Path) -> Result<Issuer, 
                 span: Some(url.span()),
                 message: format!("`{}`: {message}", key("jwks_url")),
             })?;
-            Some(Arc::new(jwks::RemoteJwks::new(
-                uri,
-                c.jwks_refresh,
-                c.jwks_min_refetch,
-            )))
+            let kept = remote_before
+                .iter()
+                .find(|r| r.serves(&uri, c.jwks_refresh, c.jwks_min_refetch));
+            Some(match kept {
+                Some(remote) => Arc::clone(remote),
+                None => Arc::new(jwks::RemoteJwks::new(
+                    uri,
+                    c.jwks_refresh,
+                    c.jwks_min_refetch,
+                )),
+            })
         }
     };
     let mut algorithms = Vec::with_capacity(c.algorithms.len());

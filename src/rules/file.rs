@@ -282,6 +282,8 @@ pub struct Loaded {
     pub crawlers: Definitions,
     /// What is valid but probably not meant, in file and line order.
     pub warnings: Vec<Diagnostic>,
+    /// Every file read: the rule files and the address lists they name.
+    pub files: Vec<PathBuf>,
 }
 
 /// Load and compile the rule files named by `globs` (relative to `base`).
@@ -297,6 +299,7 @@ pub fn load(globs: &[String], base: &Path) -> Result<RuleSet, ConfigError> {
 pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
     let mut loader = Loader::default();
     for path in expand(globs, base, &mut loader.diagnostics) {
+        loader.files.push(path.clone());
         loader.file(&path);
     }
     loader.finish(base)
@@ -339,6 +342,8 @@ struct Loader {
     /// Each rule name, and where it was first defined.
     names: HashMap<String, String>,
     thresholds_from: Option<String>,
+    /// Every file read (to watch for reloads).
+    files: Vec<PathBuf>,
 }
 
 impl Default for Loader {
@@ -357,6 +362,7 @@ impl Default for Loader {
             tarpit: None,
             names: HashMap::new(),
             thresholds_from: None,
+            files: Vec::new(),
         }
     }
 }
@@ -543,6 +549,9 @@ impl Loader {
         if !name.is_empty() {
             self.names.insert(name.clone(), place.clone());
         }
+        if let Some(when) = &def.when {
+            address_lists(when, &origin.dir, &mut self.files);
+        }
         let mut notes = Notes {
             origin,
             warnings: Vec::new(),
@@ -583,6 +592,10 @@ impl Loader {
             }
         };
         let name_span = def.name.span();
+        if let Some(lists) = &def.ranges_file {
+            let lists = lists.get_ref().clone().into_vec();
+            self.files.extend(lists.iter().map(|f| origin.dir.join(f)));
+        }
         let mut notes = Notes {
             origin,
             warnings: Vec::new(),
@@ -679,8 +692,29 @@ impl Loader {
             limits: self.limits,
             crawlers: self.crawlers,
             warnings,
+            files: self.files,
         })
     }
+}
+
+/// The address lists (`ip_file`) a condition names, at any depth.
+fn address_lists(when: &When, dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Some(f) = &when.ip_file {
+        out.push(dir.join(f.get_ref()));
+    }
+    let all = when.all.iter().flatten();
+    let any = when.any.iter().flat_map(|a| a.get_ref());
+    let not = when.not.iter().map(|n| &**n.get_ref());
+    for inner in all.chain(any).chain(not) {
+        address_lists(inner, dir, out);
+    }
+}
+
+/// The rule files the globs name now, in load order (relative to `base`).
+pub fn rule_files(globs: &[String], base: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut diagnostics = Diagnostics::new();
+    let files = expand(globs, base, &mut diagnostics);
+    diagnostics.into_result().map(|_| files)
 }
 
 /// Put `what` before a parse error's message, to say which table it is in.

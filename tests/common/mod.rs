@@ -236,11 +236,29 @@ impl Usher {
         Self::start_with(&path, dir, env)
     }
 
+    /// Start `usher serve` with a config file the test manages itself.
+    pub fn start_file(path: &Path) -> Usher {
+        Self::start_with(path, tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Start `usher serve` without a config file, in front of `upstream`.
+    pub fn start_without_config(upstream: &str) -> Usher {
+        Self::spawn(
+            &["--upstream".as_ref(), upstream.as_ref()],
+            tempfile::tempdir().unwrap(),
+            &[],
+        )
+    }
+
     fn start_with(path: &Path, dir: tempfile::TempDir, env: &[(&str, &str)]) -> Usher {
+        Self::spawn(&["--config".as_ref(), path.as_os_str()], dir, env)
+    }
+
+    fn spawn(args: &[&std::ffi::OsStr], dir: tempfile::TempDir, env: &[(&str, &str)]) -> Usher {
         let mut child = Command::new(usher_bin())
             .envs(env.iter().copied())
-            .args(["serve", "--config"])
-            .arg(path)
+            .arg("serve")
+            .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
