@@ -547,10 +547,7 @@ async fn sessions_are_introspected_cached_and_fail_open() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_down_application_means_anonymous_not_errors() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (closed, _reserved) = refusing_addr();
     let up = upstream(echo).await;
     let usher = Usher::start(&session_config(&up, &format!("http://{closed}/session")));
     let seen = with_cookie(&usher, "sid=good").await;
@@ -567,10 +564,7 @@ async fn stale_sessions_and_unfetched_keys_are_never_denied() {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
     let app = session_app(Arc::new(AtomicUsize::new(0))).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (closed, _reserved) = refusing_addr();
     let up = upstream(echo).await;
     let config = session_config(&up, &format!("http://{}/internal/session", app.addr)).replace(
         "[identity.session]",

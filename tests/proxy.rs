@@ -235,10 +235,7 @@ async fn forwarded_for_from_a_trusted_proxy_names_the_client() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_refusing_connections_is_502_and_counted() {
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let (closed, _reserved) = refusing_addr();
     let usher = Usher::start(&format!("upstream = \"http://{closed}\""));
     let (status, body) = get(&usher.url("/")).await;
     assert_eq!(status, 502);

@@ -554,3 +554,12 @@ pub async fn hammer(
     inflight.shutdown().await;
     (found, sent)
 }
+
+/// An address nobody listens on, reserved while the returned socket
+/// lives: bound but not listening, so connections are refused and no
+/// other test can take the port in the meantime.
+pub fn refusing_addr() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
