@@ -151,6 +151,15 @@ impl Classifier {
         &self.signals
     }
 
+    /// The same pipeline made repeatable, for replays: estimates that are
+    /// keyed randomly live (the distinct-paths sketch) use a fixed key, so
+    /// one log always gives the same answers, under either config of a
+    /// comparison.
+    pub fn repeatable(mut self) -> Self {
+        self.signals = self.signals.with_fixed_key();
+        self
+    }
+
     /// The rules.
     pub fn rules(&self) -> &RuleSet {
         &self.rules

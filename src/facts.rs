@@ -35,10 +35,11 @@ pub struct Facts<'a> {
     /// (see `Crawlers::verify`); otherwise the classifier checks it
     /// without waiting.
     pub crawler: Option<crate::crawlers::Claim>,
-    /// Whether `headers` holds only what a log recorded: then a header
-    /// missing from it is unknown, not absent, and rules about it neither
-    /// match nor fail (see `Condition::eval`).
-    pub headers_partial: bool,
+    /// When `headers` holds only what a log recorded: the names the log
+    /// records. A header missing from `headers` is absent if its name is
+    /// here, unknown otherwise, and rules about it neither match nor fail
+    /// (see `Condition::eval`). `None` live: every header is known.
+    pub recorded: Option<&'a [http::HeaderName]>,
 }
 
 impl<'a> Facts<'a> {
@@ -66,7 +67,7 @@ impl<'a> Facts<'a> {
             now,
             session: None,
             crawler: None,
-            headers_partial: false,
+            recorded: None,
         }
     }
 }

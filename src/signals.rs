@@ -48,8 +48,9 @@ pub struct Signals {
 pub struct SignalsStage {
     state: Arc<ClientStore>,
     /// Keys the distinct-paths hash: random per process, so a client
-    /// cannot choose paths that all land on one bit of the sketch.
-    paths_hash: std::collections::hash_map::RandomState,
+    /// cannot choose paths that all land on one bit of the sketch (fixed
+    /// in replays, so that the same log gives the same answers).
+    paths_key: u128,
 }
 
 impl Default for SignalsStage {
@@ -63,8 +64,15 @@ impl SignalsStage {
     pub fn new(state: Arc<ClientStore>) -> Self {
         SignalsStage {
             state,
-            paths_hash: std::collections::hash_map::RandomState::new(),
+            paths_key: random_key(),
         }
+    }
+
+    /// The same stage with a fixed path-hash key: for replays, which must
+    /// be repeatable and comparable between configs.
+    pub fn with_fixed_key(mut self) -> Self {
+        self.paths_key = 0x7573_6865_725f_7061_7468_735f_6b65_7900;
+        self
     }
 
     /// The client store.
@@ -100,8 +108,10 @@ impl SignalsStage {
     /// The keyed hash of the request target (path and query), for the
     /// distinct-paths sketch.
     fn target_hash(&self, facts: &Facts<'_>) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = self.paths_hash.build_hasher();
+        use std::hash::Hasher;
+        // SipHash with the key written first: unpredictable without it.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write_u128(self.paths_key);
         h.write(facts.path.as_bytes());
         if let Some(q) = facts.query {
             h.write_u8(b'?');
@@ -162,6 +172,18 @@ impl Signals {
             };
         }
     }
+}
+
+/// A random key from the standard library's per-process hash seed.
+fn random_key() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let seed = std::collections::hash_map::RandomState::new();
+    let half = |salt: u64| {
+        let mut h = seed.build_hasher();
+        h.write_u64(salt);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
 }
 
 /// Milliseconds since the Unix epoch (0 before it).

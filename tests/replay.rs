@@ -219,3 +219,35 @@ fn unreadable_input_and_bad_config_are_errors() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_same_log_gives_the_same_answers_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = shipped_config(dir.path(), None);
+    let run = |n: usize| {
+        let out = dir.path().join(format!("v{n}.jsonl"));
+        let o = replay(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                &fixture("access.log"),
+            ],
+            None,
+        );
+        assert!(o.status.success());
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            std::fs::read_to_string(out).unwrap(),
+        )
+    };
+    let first = run(1);
+    assert_eq!(first, run(2), "replays are repeatable");
+    // Fields in the documented order.
+    assert!(
+        first.1.starts_with("{\"line\":1,\"ts\":"),
+        "{}",
+        &first.1[..80]
+    );
+}

@@ -36,9 +36,9 @@ pub struct ReplayArgs {
 
 /// Run `usher replay`.
 pub fn run(args: &ReplayArgs) -> Result<(), CliError> {
-    let primary = Classifier::from_config(&Config::load(&args.config)?)?;
+    let primary = Classifier::from_config(&Config::load(&args.config)?)?.repeatable();
     let other = match &args.compare {
-        Some(path) => Some(Classifier::from_config(&Config::load(path)?)?),
+        Some(path) => Some(Classifier::from_config(&Config::load(path)?)?.repeatable()),
         None => None,
     };
     let mut input: Box<dyn BufRead> = if args.input == "-" {

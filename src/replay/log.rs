@@ -21,8 +21,11 @@ pub struct LogRequest {
     pub target: String,
     /// The status the application answered, if recorded.
     pub status: Option<u16>,
-    /// The headers the log recorded (all others are unknown).
+    /// The headers the log recorded with a value.
     pub headers: HeaderMap,
+    /// The header names the log records at all: one of these missing from
+    /// `headers` was absent; any other header is unknown.
+    pub recorded: Vec<HeaderName>,
 }
 
 /// The log formats `usher replay` reads.
@@ -77,11 +80,15 @@ pub fn parse_combined(line: &str) -> Result<LogRequest, LineError> {
     let status = parse_status(status)?;
     take_token(&mut rest).ok(); // bytes
     let mut headers = HeaderMap::new();
+    let mut recorded = Vec::new();
+    // The combined format's two headers; the common format has neither.
+    // `-` (or nothing) is how the format writes "not sent".
     if let Ok(referer) = take_quoted(&mut rest) {
-        insert(&mut headers, "referer", &referer, true);
+        insert(&mut headers, "referer", &referer);
+        recorded.push(http::header::REFERER);
         if let Ok(ua) = take_quoted(&mut rest) {
-            // `-` is how the format writes "none": recorded as missing.
-            insert(&mut headers, "user-agent", &ua, false);
+            insert(&mut headers, "user-agent", &ua);
+            recorded.push(http::header::USER_AGENT);
         }
     }
     Ok(LogRequest {
@@ -91,6 +98,7 @@ pub fn parse_combined(line: &str) -> Result<LogRequest, LineError> {
         target,
         status: Some(status),
         headers,
+        recorded,
     })
 }
 
@@ -134,6 +142,7 @@ pub fn parse_jsonl(line: &str) -> Result<LogRequest, LineError> {
         Some(_) => return bad("`status` must be a number"),
     };
     let mut headers = HeaderMap::new();
+    let mut recorded = Vec::new();
     match obj.get("headers") {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
@@ -141,10 +150,12 @@ pub fn parse_jsonl(line: &str) -> Result<LogRequest, LineError> {
                 let Value::String(value) = value else {
                     return bad(format!("header `{}` must be a string", clip(name)));
                 };
-                if HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()).is_err() {
+                let lower = name.to_ascii_lowercase();
+                let Ok(header) = HeaderName::from_bytes(lower.as_bytes()) else {
                     return bad(format!("`{}` is not a header name", clip(name)));
-                }
-                insert(&mut headers, &name.to_ascii_lowercase(), value, false);
+                };
+                insert(&mut headers, &lower, value);
+                recorded.push(header);
             }
         }
         Some(_) => return bad("`headers` must be an object"),
@@ -156,14 +167,13 @@ pub fn parse_jsonl(line: &str) -> Result<LogRequest, LineError> {
         target,
         status,
         headers,
+        recorded,
     })
 }
 
-/// Insert a recorded header. A `-` or empty value is recorded as present
-/// but blank when `dash_is_none` is false (a blank user agent is what the
-/// client sent), and left out otherwise.
-fn insert(headers: &mut HeaderMap, name: &str, value: &str, dash_is_none: bool) {
-    if dash_is_none && (value.is_empty() || value == "-") {
+/// Insert a recorded header; `-` or an empty value means it was not sent.
+fn insert(headers: &mut HeaderMap, name: &str, value: &str) {
+    if value.is_empty() || value == "-" {
         return;
     }
     let (Ok(name), Ok(value)) = (
@@ -414,13 +424,17 @@ mod tests {
         .unwrap();
         assert_eq!(r.target, "/login");
         assert!(!r.headers.contains_key("referer"));
-        assert_eq!(r.headers["user-agent"], "-");
+        assert!(!r.headers.contains_key("user-agent"));
+        assert_eq!(
+            r.recorded,
+            [http::header::REFERER, http::header::USER_AGENT]
+        );
         assert_eq!(unix(r.ts), 1_767_225_600.0);
         // The common log format: no referer, no user agent.
         let r =
             parse_combined(r#"192.0.2.1 - - [29/Feb/2024:23:59:60 +0100] "GET / HTTP/1.0" 304 -"#)
                 .unwrap();
-        assert!(r.headers.is_empty());
+        assert!(r.headers.is_empty() && r.recorded.is_empty());
     }
 
     #[test]

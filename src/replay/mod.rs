@@ -9,6 +9,7 @@ pub mod log;
 mod report;
 
 use std::io::{self, BufRead, Write};
+use std::sync::Arc;
 
 use http::Request;
 
@@ -36,14 +37,22 @@ pub fn run(
     let mut format = format;
     let mut buf = Vec::new();
     let mut line_no = 0u64;
+    let mut progress = Progress::new();
     while let Some(too_long) = read_line(input, &mut buf, MAX_LINE)? {
         line_no += 1;
+        progress.tick(line_no);
         if too_long {
             report.malformed(line_no, "line longer than 64 KiB");
             continue;
         }
         let text = String::from_utf8_lossy(&buf);
         let text = text.trim_end_matches(['\n', '\r']);
+        // A byte-order mark may open the file.
+        let text = if line_no == 1 {
+            text.trim_start_matches('\u{feff}')
+        } else {
+            text
+        };
         if text.trim().is_empty() {
             continue;
         }
@@ -59,25 +68,61 @@ pub fn run(
                 continue;
             }
         };
-        let Some(verdict) = classify(primary, &request) else {
+        let Some((verdict, shadow)) = classify(primary, &request) else {
             report.malformed(line_no, "not a request usher can read");
             continue;
         };
         if let Some(out) = out.as_deref_mut() {
-            write_verdict(out, line_no, &request, &verdict)?;
+            write_verdict(out, line_no, &request, &verdict, &shadow)?;
         }
-        let changed = other.and_then(|o| classify(o, &request));
-        report.count(line_no, &request, &verdict, changed.as_ref());
+        let changed = other.and_then(|o| classify(o, &request)).map(|(v, _)| v);
+        report.count(line_no, &request, &verdict, &shadow, changed.as_ref());
     }
+    progress.done(line_no);
     if let Some(out) = out {
         out.flush()?;
     }
     Ok(report)
 }
 
+/// A progress line on stderr once a second, for long inputs.
+struct Progress {
+    started: std::time::Instant,
+    last: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let now = std::time::Instant::now();
+        Progress {
+            started: now,
+            last: now,
+            shown: false,
+        }
+    }
+
+    fn tick(&mut self, lines: u64) {
+        if !lines.is_multiple_of(4096) || self.last.elapsed() < std::time::Duration::from_secs(1) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        self.shown = true;
+        let rate = lines as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        eprintln!("usher replay: {lines} lines, {rate:.0} lines/s");
+    }
+
+    fn done(&self, lines: u64) {
+        if self.shown {
+            let rate = lines as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("usher replay: {lines} lines done, {rate:.0} lines/s");
+        }
+    }
+}
+
 /// Run one logged request through the pipeline, then record its logged
 /// status as the upstream's answer.
-fn classify(classifier: &Classifier, r: &LogRequest) -> Option<Verdict> {
+fn classify(classifier: &Classifier, r: &LogRequest) -> Option<(Verdict, Vec<Arc<str>>)> {
     let mut request = Request::builder()
         .method(r.method.clone())
         .uri(r.target.as_str())
@@ -86,32 +131,54 @@ fn classify(classifier: &Classifier, r: &LogRequest) -> Option<Verdict> {
     *request.headers_mut() = r.headers.clone();
     let (parts, ()) = request.into_parts();
     let mut facts = Facts::new(&parts, r.ip, r.ip, r.ts);
-    facts.headers_partial = true;
-    let verdict = classifier.classify(&facts).verdict;
+    facts.recorded = Some(&r.recorded);
+    let c = classifier.classify(&facts);
     if let Some(status) = r.status {
         classifier
             .signals()
-            .record_status(r.ip, verdict.subject.as_deref(), r.ts, status);
+            .record_status(r.ip, c.verdict.subject.as_deref(), r.ts, status);
     }
-    Some(verdict)
+    Some((c.verdict, c.outcome.shadow))
 }
 
-fn write_verdict(out: &mut dyn Write, line: u64, r: &LogRequest, v: &Verdict) -> io::Result<()> {
-    let ts =
-        r.ts.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-    let reasons: Vec<&str> = v.reasons.iter().map(|r| &**r).collect();
-    let json = serde_json::json!({
-        "line": line,
-        "ts": ts,
-        "ip": r.ip.to_string(),
-        "method": r.method.as_str(),
-        "path": r.target,
-        "class": v.class.as_str(),
-        "score": v.score,
-        "reasons": reasons,
-        "action": v.action.as_str(),
-    });
+/// One line of `--out`, fields in the documented order.
+#[derive(serde::Serialize)]
+struct VerdictLine<'a> {
+    line: u64,
+    ts: f64,
+    ip: String,
+    method: &'a str,
+    path: &'a str,
+    class: &'a str,
+    score: i32,
+    reasons: Vec<&'a str>,
+    action: &'a str,
+    /// Shadow rules that matched (evaluated, no effect).
+    shadow: Vec<&'a str>,
+}
+
+fn write_verdict(
+    out: &mut dyn Write,
+    line: u64,
+    r: &LogRequest,
+    v: &Verdict,
+    shadow: &[Arc<str>],
+) -> io::Result<()> {
+    let json = VerdictLine {
+        line,
+        ts: r
+            .ts
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        ip: r.ip.to_string(),
+        method: r.method.as_str(),
+        path: &r.target,
+        class: v.class.as_str(),
+        score: v.score,
+        reasons: v.reasons.iter().map(|r| &**r).collect(),
+        action: v.action.as_str(),
+        shadow: shadow.iter().map(|r| &**r).collect(),
+    };
     serde_json::to_writer(&mut *out, &json)?;
     out.write_all(b"\n")
 }

@@ -15,7 +15,7 @@ use crate::verdict::{Action, Class, Verdict};
 const MALFORMED_KEPT: usize = 100;
 
 /// Clients tracked per class (the heaviest survive).
-const CLIENTS_TRACKED: usize = 256;
+const CLIENTS_TRACKED: usize = 1024;
 
 /// Examples kept per transition.
 const EXAMPLES: usize = 3;
@@ -30,6 +30,7 @@ pub struct Report {
     /// Per action, in `Action::ALL` order.
     pub actions: [u64; 4],
     rules: HashMap<Arc<str>, u64>,
+    shadow: HashMap<Arc<str>, u64>,
     clients: [HeavyHitters; 5],
     /// Malformed lines: how many.
     pub malformed: u64,
@@ -80,6 +81,7 @@ impl Report {
         line: u64,
         r: &LogRequest,
         v: &Verdict,
+        shadow: &[Arc<str>],
         other: Option<&Verdict>,
     ) {
         self.requests += 1;
@@ -87,6 +89,9 @@ impl Report {
         self.actions[v.action.index()] += 1;
         for rule in &v.reasons {
             *self.rules.entry(rule.clone()).or_default() += 1;
+        }
+        for rule in shadow {
+            *self.shadow.entry(rule.clone()).or_default() += 1;
         }
         self.clients[v.class.index()].add(r.ip);
         if let (Some(cmp), Some(o)) = (self.comparison.as_mut(), other) {
@@ -106,8 +111,10 @@ impl Report {
         rules
     }
 
-    /// The busiest clients of a class, most first (counts are upper bounds
-    /// once more than 256 clients were seen in the class).
+    /// The busiest clients of a class, most first, with the requests each
+    /// certainly made (exact while the class has at most 1,024 clients; a
+    /// lower bound past that, and clients with no certain count are left
+    /// out).
     pub fn top_clients(&self, class: Class, n: usize) -> Vec<(IpAddr, u64)> {
         self.clients[class.index()].top(n)
     }
@@ -152,31 +159,40 @@ impl Comparison {
 }
 
 /// The heaviest clients in fixed space (the Space-Saving algorithm): at
-/// most `CLIENTS_TRACKED` counters; a newcomer takes over the smallest.
+/// most `CLIENTS_TRACKED` counters; a newcomer takes over the smallest,
+/// and remembers how much of its count it inherited.
 #[derive(Debug, Default)]
 struct HeavyHitters {
-    counts: HashMap<IpAddr, u64>,
+    /// Per client: (count, inherited part of it).
+    counts: HashMap<IpAddr, (u64, u64)>,
 }
 
 impl HeavyHitters {
     fn add(&mut self, ip: IpAddr) {
-        if let Some(c) = self.counts.get_mut(&ip) {
+        if let Some((c, _)) = self.counts.get_mut(&ip) {
             *c += 1;
             return;
         }
         if self.counts.len() < CLIENTS_TRACKED {
-            self.counts.insert(ip, 1);
+            self.counts.insert(ip, (1, 0));
             return;
         }
-        let Some((&smallest, &min)) = self.counts.iter().min_by_key(|(_, c)| **c) else {
+        let Some((&smallest, &(min, _))) = self.counts.iter().min_by_key(|(_, (c, _))| *c) else {
             return;
         };
         self.counts.remove(&smallest);
-        self.counts.insert(ip, min + 1);
+        self.counts.insert(ip, (min + 1, min));
     }
 
+    /// The clients with the most certain requests (count less what was
+    /// inherited).
     fn top(&self, n: usize) -> Vec<(IpAddr, u64)> {
-        let mut all: Vec<(IpAddr, u64)> = self.counts.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut all: Vec<(IpAddr, u64)> = self
+            .counts
+            .iter()
+            .map(|(k, (c, inherited))| (*k, c - inherited))
+            .filter(|(_, certain)| *certain > 0)
+            .collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(n);
         all
@@ -224,6 +240,14 @@ impl fmt::Display for Report {
         if !rules.is_empty() {
             writeln!(f, "\n{:<40} {:>10}", "rule", "matches")?;
             for (rule, n) in rules.iter().take(20) {
+                writeln!(f, "{rule:<40} {n:>10}")?;
+            }
+        }
+        let mut shadow: Vec<(&str, u64)> = self.shadow.iter().map(|(k, v)| (&**k, *v)).collect();
+        shadow.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        if !shadow.is_empty() {
+            writeln!(f, "\n{:<40} {:>10}", "shadow rule (no effect)", "matches")?;
+            for (rule, n) in shadow.iter().take(20) {
                 writeln!(f, "{rule:<40} {n:>10}")?;
             }
         }

@@ -282,8 +282,9 @@ impl Condition {
     /// fires only on `Some(true)`.
     pub fn eval(&self, input: &Input<'_, '_>) -> Option<bool> {
         let facts = input.facts;
-        // Absent from the headers: absent, or unrecorded in a log.
-        let absent = || (!facts.headers_partial).then_some(false);
+        // A header not in the request: absent, or unrecorded in a log.
+        let unrecorded = |name: &HeaderName| facts.recorded.is_some_and(|r| !r.contains(name));
+        let missing = |name: &HeaderName| (!unrecorded(name)).then_some(false);
         Some(match self {
             Condition::Always => true,
             Condition::All(all) => {
@@ -319,26 +320,36 @@ impl Condition {
                 facts.query.is_some_and(|q| set.is_match(q.as_bytes()))
                     || input.query_decoded.is_some_and(|q| set.is_match(q))
             }
-            Condition::Host(hosts) => facts.host.is_some_and(|h| {
-                let name = host_name(h);
-                hosts.iter().any(|x| x.eq_ignore_ascii_case(name))
-            }),
-            Condition::HeaderPresent(names) => {
-                if !names.iter().all(|n| facts.headers.contains_key(n)) {
-                    return absent();
+            Condition::Host(hosts) => match facts.host {
+                Some(h) => {
+                    let name = host_name(h);
+                    hosts.iter().any(|x| x.eq_ignore_ascii_case(name))
                 }
-                true
+                None => return missing(&http::header::HOST),
+            },
+            Condition::HeaderPresent(names) => {
+                let absent: Vec<&HeaderName> = names
+                    .iter()
+                    .filter(|n| !facts.headers.contains_key(*n))
+                    .collect();
+                if absent.iter().any(|n| unrecorded(n)) {
+                    return None;
+                }
+                absent.is_empty()
             }
             Condition::HeaderAbsent(names) => {
                 if names.iter().any(|n| facts.headers.contains_key(n)) {
                     return Some(false);
                 }
-                return absent().map(|_| true);
+                if names.iter().any(unrecorded) {
+                    return None;
+                }
+                true
             }
             Condition::Header(name, regex) => {
                 let mut values = facts.headers.get_all(name).iter().peekable();
                 if values.peek().is_none() {
-                    return absent();
+                    return missing(name);
                 }
                 values.any(|v| regex.is_match(v.as_bytes()))
             }
@@ -346,18 +357,19 @@ impl Condition {
                 if facts.headers.values().any(|v| regex.is_match(v.as_bytes())) {
                     return Some(true);
                 }
-                return absent();
+                // Some unrecorded header might have matched.
+                return facts.recorded.is_none().then_some(false);
             }
             Condition::UserAgent(set) => match facts.user_agent {
                 Some(ua) => set.is_match(ua),
-                None => return absent(),
+                None => return missing(&http::header::USER_AGENT),
             },
             Condition::UserAgentContains(ac) => match facts.user_agent {
                 Some(ua) => ac.is_match(ua),
-                None => return absent(),
+                None => return missing(&http::header::USER_AGENT),
             },
             Condition::UserAgentMissing => {
-                if facts.user_agent.is_none() && facts.headers_partial {
+                if facts.user_agent.is_none() && unrecorded(&http::header::USER_AGENT) {
                     return None;
                 }
                 input.signals.user_agent_missing

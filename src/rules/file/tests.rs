@@ -115,7 +115,7 @@ impl Req {
         let (parts, ()) = b.body(()).unwrap().into_parts();
         let ip = self.ip.parse().unwrap();
         let mut facts = Facts::new(&parts, ip, ip, SystemTime::UNIX_EPOCH);
-        facts.headers_partial = self.partial;
+        facts.recorded = self.partial.then_some(&[][..]);
         rules
             .evaluate(&facts, &self.identity, &self.signals)
             .reasons
