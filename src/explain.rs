@@ -64,7 +64,12 @@ pub fn run(args: &ExplainArgs) -> Result<(), CliError> {
         .parse()
         .map_err(|e| CliError::Usage(format!("`{}` is not a URL: {e}", args.url)))?;
     let mut builder = Request::builder().method(method).uri(uri.clone());
-    if let Some(authority) = uri.authority() {
+    let host_given = args.headers.iter().any(|h| {
+        h.split(':')
+            .next()
+            .is_some_and(|n| n.trim().eq_ignore_ascii_case("host"))
+    });
+    if let (Some(authority), false) = (uri.authority(), host_given) {
         builder = builder.header(http::header::HOST, authority.as_str());
     }
     for header in &args.headers {
@@ -85,10 +90,14 @@ pub fn run(args: &ExplainArgs) -> Result<(), CliError> {
         ),
         None => None,
     };
-    let (parts, ()) = builder
+    let (mut parts, ()) = builder
         .body(())
         .map_err(|e| CliError::Usage(format!("not a request: {e}")))?
         .into_parts();
+    // As serve does before classifying: usher's own labels and hop-by-hop
+    // headers never reach the rules.
+    crate::proxy::headers::strip_labels(&mut parts.headers, &config.labels);
+    crate::proxy::headers::strip_hop_by_hop(&mut parts.headers, false);
     let ip = args.ip.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let user_agent = parts
         .headers
@@ -149,11 +158,7 @@ impl Explained<'_> {
         let _ = writeln!(out, "user agent  {}", ua.as_deref().unwrap_or("(none)"));
         for (name, value) in f.headers {
             if name != http::header::USER_AGENT && name != http::header::HOST {
-                let _ = writeln!(
-                    out,
-                    "header      {name}: {}",
-                    String::from_utf8_lossy(value.as_bytes())
-                );
+                let _ = writeln!(out, "header      {name}: {}", shown(name, value));
             }
         }
         if let Some(len) = self.body_len {
@@ -201,16 +206,15 @@ impl Explained<'_> {
     pub fn json(&self) -> Value {
         let f = self.facts;
         let c = self.classification;
-        let headers: serde_json::Map<String, Value> = f
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.to_string(),
-                    Value::from(String::from_utf8_lossy(v.as_bytes())),
-                )
-            })
-            .collect();
+        let mut headers = serde_json::Map::new();
+        for (n, v) in f.headers {
+            let values = headers
+                .entry(n.to_string())
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(list) = values {
+                list.push(Value::from(shown(n, v)));
+            }
+        }
         let s = &c.signals;
         let rules: Vec<Value> = self
             .traces
@@ -258,6 +262,22 @@ impl Explained<'_> {
                 "subject": v.subject.as_deref(),
             },
         })
+    }
+}
+
+/// A header value as printed: credentials are masked, since explain output
+/// lands in terminals, tickets and CI logs.
+fn shown(name: &HeaderName, value: &HeaderValue) -> String {
+    const SECRET: [&str; 4] = [
+        "authorization",
+        "cookie",
+        "x-api-key",
+        "proxy-authorization",
+    ];
+    if SECRET.contains(&name.as_str()) {
+        format!("<{} bytes, not shown>", value.len())
+    } else {
+        String::from_utf8_lossy(value.as_bytes()).into_owned()
     }
 }
 

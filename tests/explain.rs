@@ -96,3 +96,32 @@ fn bad_requests_are_usage_errors() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn labels_are_stripped_and_credentials_never_printed() {
+    let o = explain(&[
+        "--format",
+        "json",
+        "-H",
+        "X-Usher-Class: paying_customer",
+        "-H",
+        "Authorization: Bearer very-secret-token",
+        "-H",
+        "Accept: text/html",
+        "-H",
+        "Accept: application/json",
+        "-H",
+        "Host: given.example",
+        "GET",
+        "http://url.example/",
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(!text.contains("very-secret-token"), "{text}");
+    let doc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let headers = &doc["request"]["headers"];
+    assert!(headers.get("x-usher-class").is_none(), "{headers}");
+    assert_eq!(headers["accept"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["request"]["host"], "given.example");
+    assert_eq!(headers["host"].as_array().unwrap().len(), 1);
+}
