@@ -257,15 +257,29 @@ impl Reloader {
         let job = tokio::task::spawn_blocking(move || {
             let now = inputs.fingerprint();
             if known.as_ref() == Some(&now) {
-                return (now, None);
+                return (now, None, Vec::new());
             }
-            let built = load().and_then(|config| {
-                let classifier = Classifier::reload(&config, &previous.classifier)?;
-                Ok((config, classifier))
-            });
-            (now, Some(built))
+            // When the new config reads but what it names does not build
+            // (a keys file not there yet), the files it names are watched
+            // too, so the file that fixes it triggers the next reload.
+            let mut wanted = Vec::new();
+            let built =
+                load().and_then(
+                    |config| match Classifier::reload(&config, &previous.classifier) {
+                        Ok(classifier) => Ok((config, classifier)),
+                        Err(e) => {
+                            wanted = config.identity.files(&config.origin.dir);
+                            wanted.extend(
+                                crate::rules::file::rule_files(&config.rules, &config.origin.dir)
+                                    .unwrap_or_default(),
+                            );
+                            Err(e)
+                        }
+                    },
+                );
+            (now, Some(built), wanted)
         });
-        let (now, built) = match job.await {
+        let (now, built, wanted) = match job.await {
             Ok(done) => done,
             Err(_) => return Err(self.failed(trigger, ReloadError::Panicked)),
         };
@@ -274,6 +288,15 @@ impl Reloader {
             tracing::debug!("watched files changed nothing usher reads");
             return Ok(None);
         };
+        if !wanted.is_empty() {
+            for file in wanted {
+                if !self.inputs.files.contains(&file) {
+                    self.inputs.files.push(file);
+                }
+            }
+            self.refresh_watch();
+            self.seen = self.inputs.fingerprint();
+        }
         let (config, classifier) = built.map_err(|e| self.failed(trigger, e.into()))?;
         Ok(Some(self.apply(trigger, &config, classifier)))
     }

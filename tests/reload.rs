@@ -434,3 +434,36 @@ async fn reload_endpoint_answers_post_only_and_works_without_a_config_file() {
     let (status, _) = common::get(&usher.url("/")).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn the_file_that_fixes_a_failed_reload_triggers_the_next() {
+    let up = upstream(echo).await;
+    let files = Files::new();
+    files.write("rules.toml", &label_rule("good", "/x"));
+    files.write(
+        "usher.toml",
+        &common::config(&up, "rules = [\"rules.toml\"]"),
+    );
+    let usher = Usher::start_file(&files.path("usher.toml"));
+    assert_eq!(reasons(&usher, "/x").await, "good");
+
+    // The config now names a keys file in a folder that does not exist
+    // yet: the reload fails.
+    files.write(
+        "usher.toml",
+        &common::config(
+            &up,
+            "rules = [\"rules.toml\"]\n[identity.api_keys]\nfile = \"keys/api.toml\"",
+        ),
+    );
+    eventually("a failed reload", &usher, || async {
+        metric(&usher, FAILURE).await >= 1.0
+    })
+    .await;
+    // Writing that file, with no signal or POST, applies the config.
+    files.write("keys/api.toml", "");
+    eventually("a reload once the keys file exists", &usher, || async {
+        metric(&usher, SUCCESS).await >= 1.0
+    })
+    .await;
+}
