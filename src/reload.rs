@@ -113,7 +113,8 @@ pub enum ReloadError {
     /// The new configuration is invalid; the old one keeps serving.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Building the configuration panicked; the old one keeps serving.
+    /// The build task ended without an answer (a panic in a debug build;
+    /// release builds abort on panic). The old configuration keeps serving.
     #[error("building the new configuration failed unexpectedly")]
     Panicked,
     /// The reload task is gone (the server is stopping).

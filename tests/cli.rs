@@ -234,11 +234,6 @@ fn check_puts_each_error_at_its_file_and_line() {
             &format!("{RULE}when.ip = [\"10.0.0.0/8\", \"10.0.0.300\"]\n"),
             "rules/10-cidr.toml:4:26: error: rule `r`: `10.0.0.300` is not an IP address",
         ),
-        (
-            "10-empty.toml",
-            &format!("{RULE}when.path = '(?i)x*'\n"),
-            "rules/10-empty.toml:4:13: error: rule `r`: regex `(?i)x*` matches the empty string",
-        ),
     ] {
         let (dir, config) = setup("", &[(file, text)]);
         let (code, lines) = check(&dir, &config);
@@ -246,6 +241,19 @@ fn check_puts_each_error_at_its_file_and_line() {
         assert!(lines[0].starts_with(want), "{file}: {lines:#?}");
         assert_eq!(lines.last().unwrap(), "usher.toml: 1 error, 0 warnings");
     }
+    // A regex that matches the empty string is allowed, with a warning.
+    let (dir, config) = setup(
+        "",
+        &[("10-empty.toml", &format!("{RULE}when.path = '(?i)x*'\n"))],
+    );
+    let (code, lines) = check(&dir, &config);
+    assert_eq!(code, 0, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(
+            "rules/10-empty.toml:4:13: warning: rule `r`: regex `(?i)x*` matches the empty string"
+        ),
+        "{lines:#?}"
+    );
 }
 
 #[test]

@@ -745,7 +745,7 @@ fn compile_crawler(
     if name.is_empty() {
         return at(name_span, "a crawler needs a name");
     }
-    let (span, patterns) = checked_patterns(def.user_agent, true)?;
+    let (span, patterns) = checked_patterns(def.user_agent, true, notes)?;
     bytes_regex_set(&patterns, span)?;
     let mut nets = Vec::new();
     if let Some(v) = def.ranges {
@@ -957,7 +957,7 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
         all.push(Condition::Method(methods));
     }
     if let Some(v) = when.path {
-        let (span, list) = checked_patterns(v, false)?;
+        let (span, list) = checked_patterns(v, false, notes)?;
         all.push(Condition::Path(regex_set(&list, span)?));
     }
     if let Some(v) = when.path_prefix {
@@ -968,7 +968,7 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
         all.push(Condition::PathPrefix(list));
     }
     if let Some(v) = when.query {
-        let (span, list) = checked_patterns(v, true)?;
+        let (span, list) = checked_patterns(v, true, notes)?;
         all.push(Condition::Query(bytes_regex_set(&list, span)?));
     }
     if let Some(v) = when.host {
@@ -989,12 +989,12 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
         let span = h.span();
         let h = h.into_inner();
         let name = header_names(std::slice::from_ref(&h.name), span.clone())?.remove(0);
-        let regex = bytes_regex(&h.matches, span)?;
+        let regex = bytes_regex(&h.matches, span, notes)?;
         all.push(Condition::Header(name, regex));
     }
     if let Some(r) = when.any_header {
         let span = r.span();
-        all.push(Condition::AnyHeader(bytes_regex(r.get_ref(), span)?));
+        all.push(Condition::AnyHeader(bytes_regex(r.get_ref(), span, notes)?));
     }
     match when.path_escapes_root {
         Some(true) => all.push(Condition::PathEscapesRoot),
@@ -1002,7 +1002,7 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
         None => {}
     }
     if let Some(v) = when.user_agent {
-        let (span, list) = checked_patterns(v, true)?;
+        let (span, list) = checked_patterns(v, true, notes)?;
         all.push(Condition::UserAgent(bytes_regex_set(&list, span)?));
     }
     if let Some(v) = when.user_agent_contains {
@@ -1138,17 +1138,24 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
 fn checked_patterns(
     value: Spanned<Items>,
     bytes: bool,
+    notes: &mut Notes<'_>,
 ) -> Result<(Range<usize>, Vec<String>), Located> {
     let whole = value.span();
     let items = Items::spanned(value)?;
     for (span, pattern) in &items {
-        check_pattern(pattern, span.clone(), bytes)?;
+        check_pattern(pattern, span.clone(), bytes, notes)?;
     }
     Ok((whole, items.into_iter().map(|(_, p)| p).collect()))
 }
 
-/// One pattern compiles and does not match the empty string.
-fn check_pattern(pattern: &str, span: Range<usize>, bytes: bool) -> Result<(), Located> {
+/// One pattern compiles; a warning when it matches the empty string
+/// (then it matches every value: sometimes meant, as `^$`, often not).
+fn check_pattern(
+    pattern: &str,
+    span: Range<usize>,
+    bytes: bool,
+    notes: &mut Notes<'_>,
+) -> Result<(), Located> {
     let empty = if bytes {
         regex::bytes::RegexBuilder::new(pattern)
             .unicode(false)
@@ -1163,10 +1170,15 @@ fn check_pattern(pattern: &str, span: Range<usize>, bytes: bool) -> Result<(), L
     };
     match empty {
         Err(e) => at(span, regex_error(pattern, &e)),
-        Ok(true) => at(
-            span,
-            format!("regex `{pattern}` matches the empty string, so it would match everything"),
-        ),
+        Ok(true) => {
+            notes.warn(
+                span,
+                format!(
+                    "regex `{pattern}` matches the empty string, so it matches every value it is tried on"
+                ),
+            );
+            Ok(())
+        }
         Ok(false) => Ok(()),
     }
 }
@@ -1204,8 +1216,12 @@ fn regex_set(patterns: &[String], span: Range<usize>) -> Result<RegexSet, Locate
 }
 
 /// One regex matched against bytes (header values may be any bytes).
-fn bytes_regex(pattern: &str, span: Range<usize>) -> Result<BytesRegex, Located> {
-    check_pattern(pattern, span.clone(), true)?;
+fn bytes_regex(
+    pattern: &str,
+    span: Range<usize>,
+    notes: &mut Notes<'_>,
+) -> Result<BytesRegex, Located> {
+    check_pattern(pattern, span.clone(), true, notes)?;
     regex::bytes::RegexBuilder::new(pattern)
         .unicode(false)
         .size_limit(REGEX_SIZE_LIMIT)

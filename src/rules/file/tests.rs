@@ -457,10 +457,6 @@ fn errors_point_at_file_line_and_rule() {
             "[[rule]]\nname = \"x\"\nscore = 1\nwhen.ip = [\"10.0.0.0/33\"]",
             "r.toml:4:",
         ),
-        (
-            "[[rule]]\nname = \"x\"\nscore = 1\nwhen.user_agent = \".*\"",
-            "r.toml:4:",
-        ),
         ("[[rule]]\nname = \"x y\"\nscore = 1", "r.toml:2:"),
         ("[[rule]]\nname = \"x\"\n", "r.toml:2:"),
         (
@@ -824,4 +820,18 @@ when.ip_file = "list.txt"
         !found.iter().any(|f| f.contains("`trial`")),
         "shadow rules are not judged: {found:#?}"
     );
+}
+
+#[test]
+fn a_regex_matching_the_empty_string_is_a_warning_not_an_error() {
+    // `^$` on a header is a fair way to say "empty"; it is flagged, not refused.
+    let rules = rules_from(
+        "[[rule]]\nname = \"blank-accept\"\nscore = 1\nwhen.header = { name = \"accept\", matches = \"^$\" }",
+    )
+    .unwrap();
+    assert_eq!(
+        req("/").header("accept", "").against(&rules),
+        ["blank-accept"]
+    );
+    assert!(req("/").header("accept", "*/*").against(&rules).is_empty());
 }
