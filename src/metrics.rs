@@ -144,6 +144,15 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Bring a counter that mirrors a running total kept elsewhere up to that
+/// total (counters only go up: a smaller total changes nothing).
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
 /// Register a metric and hand it back.
 fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
@@ -538,10 +547,7 @@ impl Metrics {
     pub fn observe_state(&self, tracked: usize, evictions: u64) {
         self.tracked_clients
             .set(i64::try_from(tracked).unwrap_or(i64::MAX));
-        let seen = self.state_evictions.get();
-        if evictions > seen {
-            self.state_evictions.inc_by(evictions - seen);
-        }
+        catch_up(&self.state_evictions, evictions);
     }
 
     /// Bring the crawler DNS lookup counts up to date (before a scrape).
@@ -553,11 +559,7 @@ impl Metrics {
             &counts.skipped,
         ];
         for (counter, total) in self.crawler_dns_lookups.iter().zip(now) {
-            let total = total.load(std::sync::atomic::Ordering::Relaxed);
-            let seen = counter.get();
-            if total > seen {
-                counter.inc_by(total - seen);
-            }
+            catch_up(counter, total.load(std::sync::atomic::Ordering::Relaxed));
         }
     }
 

@@ -39,6 +39,17 @@ fn write_atomically(path: &Path, text: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A config whose rules are one file, `rules.toml`, holding `rules`.
+fn one_rule_file(up: &common::Upstream, rules: &str) -> Files {
+    let files = Files::new();
+    files.write("rules.toml", rules);
+    files.write(
+        "usher.toml",
+        &common::config(up, "rules = [\"rules.toml\"]"),
+    );
+    files
+}
+
 /// A rule that labels requests for `path` with its name.
 fn label_rule(name: &str, path: &str) -> String {
     format!("[[rule]]\nname = \"{name}\"\nwhen.path = \"{path}\"\nscore = 1\n")
@@ -146,12 +157,7 @@ async fn a_changed_rule_file_applies_on_sighup_on_post_reload_and_by_itself() {
 #[tokio::test]
 async fn an_invalid_rule_file_is_refused_and_the_old_rules_keep_serving() {
     let up = upstream(echo).await;
-    let files = Files::new();
-    files.write("rules.toml", &label_rule("good", "/x"));
-    files.write(
-        "usher.toml",
-        &common::config(&up, "rules = [\"rules.toml\"]"),
-    );
+    let files = one_rule_file(&up, &label_rule("good", "/x"));
     let usher = Usher::start_file(&files.path("usher.toml"));
     assert_eq!(reasons(&usher, "/x").await, "good");
     let loaded = metric(&usher, LOADED).await;
@@ -230,12 +236,7 @@ async fn behaviour_state_and_quotas_survive_a_reload() {
 #[tokio::test]
 async fn no_request_fails_while_reloading_under_load() {
     let up = upstream(echo).await;
-    let files = Files::new();
-    files.write("rules.toml", &label_rule("v0", "/load"));
-    files.write(
-        "usher.toml",
-        &common::config(&up, "rules = [\"rules.toml\"]"),
-    );
+    let files = one_rule_file(&up, &label_rule("v0", "/load"));
     let usher = Arc::new(Usher::start_file(&files.path("usher.toml")));
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -438,12 +439,7 @@ async fn reload_endpoint_answers_post_only_and_works_without_a_config_file() {
 #[tokio::test]
 async fn the_file_that_fixes_a_failed_reload_triggers_the_next() {
     let up = upstream(echo).await;
-    let files = Files::new();
-    files.write("rules.toml", &label_rule("good", "/x"));
-    files.write(
-        "usher.toml",
-        &common::config(&up, "rules = [\"rules.toml\"]"),
-    );
+    let files = one_rule_file(&up, &label_rule("good", "/x"));
     let usher = Usher::start_file(&files.path("usher.toml"));
     assert_eq!(reasons(&usher, "/x").await, "good");
 

@@ -44,12 +44,24 @@ fn replay(args: &[&str], stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Run replay, which must succeed; its stdout.
+fn replay_ok(args: &[&str], stdin: Option<&[u8]>) -> String {
+    let o = replay(args, stdin);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+}
+
 #[test]
 fn a_combined_log_finds_the_scraper_by_its_timestamps_alone() {
     let dir = tempfile::tempdir().unwrap();
     let config = shipped_config(dir.path(), None);
     let out = dir.path().join("verdicts.jsonl");
-    let o = replay(
+    let stdout = replay_ok(
         &[
             "--config",
             config.to_str().unwrap(),
@@ -58,12 +70,6 @@ fn a_combined_log_finds_the_scraper_by_its_timestamps_alone() {
             &fixture("access.log"),
         ],
         None,
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     assert!(
         stdout.contains("333 requests replayed, 2 malformed lines"),
@@ -118,7 +124,7 @@ fn json_lines_from_stdin_find_credential_stuffing_through_statuses() {
     let dir = tempfile::tempdir().unwrap();
     let config = shipped_config(dir.path(), None);
     let log = std::fs::read(fixture("requests.jsonl")).unwrap();
-    let o = replay(
+    let stdout = replay_ok(
         &[
             "--config",
             config.to_str().unwrap(),
@@ -127,12 +133,6 @@ fn json_lines_from_stdin_find_credential_stuffing_through_statuses() {
             "-",
         ],
         Some(&log),
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     assert!(
         stdout.contains("42 requests replayed, 1 malformed lines"),
@@ -159,7 +159,7 @@ fn compare_reports_what_a_rule_change_would_change() {
             "[[rule]]\nname = \"no-libraries\"\nwhen.user_agent = '^python-requests/'\nclass = \"malicious_bot\"\naction = \"deny\"\n",
         ),
     );
-    let o = replay(
+    let stdout = replay_ok(
         &[
             "--config",
             a.to_str().unwrap(),
@@ -168,12 +168,6 @@ fn compare_reports_what_a_rule_change_would_change() {
             &fixture("access.log"),
         ],
         None,
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     assert!(
         stdout.contains("compared: 1 requests change class or action"),

@@ -17,6 +17,7 @@ use clap::Args;
 use crate::classify::Classifier;
 use crate::cli::CliError;
 use crate::config::Config;
+use crate::identity::api_keys::hex;
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::verdict::{Action, Class};
@@ -213,10 +214,6 @@ fn random_bytes(n: usize) -> Result<Vec<u8>, CliError> {
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| CliError::Usage("no randomness available".to_owned()))?;
     Ok(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Requests per class and action, and the top rules, read from the

@@ -68,14 +68,15 @@ pub fn run(
                 continue;
             }
         };
-        let Some((verdict, shadow)) = classify(primary, &request) else {
+        let Some(parts) = head(&request) else {
             report.malformed(line_no, "not a request usher can read");
             continue;
         };
+        let (verdict, shadow) = classify(primary, &request, &parts);
         if let Some(out) = out.as_deref_mut() {
             write_verdict(out, line_no, &request, &verdict, &shadow)?;
         }
-        let changed = other.and_then(|o| classify(o, &request)).map(|(v, _)| v);
+        let changed = other.map(|o| classify(o, &request, &parts).0);
         report.count(line_no, &request, &verdict, &shadow, changed.as_ref());
     }
     progress.done(line_no);
@@ -122,15 +123,12 @@ impl Progress {
 
 /// Run one logged request through the pipeline, then record its logged
 /// status as the upstream's answer.
-fn classify(classifier: &Classifier, r: &LogRequest) -> Option<(Verdict, Vec<Arc<str>>)> {
-    let mut request = Request::builder()
-        .method(r.method.clone())
-        .uri(r.target.as_str())
-        .body(())
-        .ok()?;
-    *request.headers_mut() = r.headers.clone();
-    let (parts, ()) = request.into_parts();
-    let mut facts = Facts::new(&parts, r.ip, r.ip, r.ts);
+fn classify(
+    classifier: &Classifier,
+    r: &LogRequest,
+    parts: &http::request::Parts,
+) -> (Verdict, Vec<Arc<str>>) {
+    let mut facts = Facts::new(parts, r.ip, r.ip, r.ts);
     facts.recorded = Some(&r.recorded);
     let c = classifier.classify(&facts);
     if let Some(status) = r.status {
@@ -138,7 +136,19 @@ fn classify(classifier: &Classifier, r: &LogRequest) -> Option<(Verdict, Vec<Arc
             .signals()
             .record_status(r.ip, c.verdict.subject.as_deref(), r.ts, status);
     }
-    Some((c.verdict, c.outcome.shadow))
+    (c.verdict, c.outcome.shadow)
+}
+
+/// The request head a logged request stands for (built once, read by every
+/// config a replay compares).
+fn head(r: &LogRequest) -> Option<http::request::Parts> {
+    let mut request = Request::builder()
+        .method(r.method.clone())
+        .uri(r.target.as_str())
+        .body(())
+        .ok()?;
+    *request.headers_mut() = r.headers.clone();
+    Some(request.into_parts().0)
 }
 
 /// One line of `--out`, fields in the documented order.
