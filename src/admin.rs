@@ -90,7 +90,9 @@ async fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byt
         "/metrics" => {
             let settings = state.proxy.settings();
             let store = settings.classifier.signals().state();
-            state.metrics.observe_state(store.len(), store.evictions());
+            state
+                .metrics
+                .observe_state(store.len(), store.capacity(), store.evictions());
             state
                 .metrics
                 .observe_crawler_dns(settings.classifier.crawlers().dns_counts());

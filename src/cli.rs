@@ -64,6 +64,11 @@ pub enum Command {
     /// scraper, a credential stuffer); prints what usher made of it every
     /// few seconds. Ctrl-C stops it, or --duration.
     Demo(crate::demo::DemoArgs),
+    /// Ask a running usher's admin listener whether it is alive (/healthz)
+    /// or ready (/readyz, with --ready): exit 0 if it answers 200, 1 if it
+    /// does not, 2 if the config cannot be read. For container health
+    /// checks: `usher health --config /etc/usher/usher.toml`.
+    Health(crate::health::HealthArgs),
 }
 
 /// `usher keys` subcommands.
@@ -173,6 +178,9 @@ pub enum CliError {
     /// Reading input or writing output failed (exit 1).
     #[error("{0}")]
     Io(std::io::Error),
+    /// A running usher did not answer its health check (exit 1).
+    #[error(transparent)]
+    Unhealthy(#[from] crate::health::HealthError),
 }
 
 impl CliError {
@@ -180,7 +188,10 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Config(_) | CliError::Usage(_) => 2,
-            CliError::Serve(_) | CliError::Runtime(_) | CliError::Io(_) => 1,
+            CliError::Serve(_)
+            | CliError::Runtime(_)
+            | CliError::Io(_)
+            | CliError::Unhealthy(_) => 1,
         }
     }
 }
@@ -194,6 +205,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Replay(args) => crate::replay::command::run(&args),
         Command::Explain(args) => crate::explain::run(&args),
         Command::Demo(args) => crate::demo::run(&args),
+        Command::Health(args) => crate::health::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod explain;
 pub mod facts;
 pub mod forwarded;
+pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

@@ -105,6 +105,7 @@ pub struct Metrics {
     request_duration: [Histogram; Class::ALL.len()],
     classify_duration: Histogram,
     upstream_duration: Histogram,
+    added_latency: Histogram,
     upstream_errors: [IntCounter; UpstreamError::ALL.len()],
     /// Per source and result (see `VERIFICATION_RESULTS`).
     verifications: [[IntCounter; VERIFICATION_RESULTS]; Source::ALL.len()],
@@ -130,12 +131,16 @@ pub struct Metrics {
     crawler_dns_lookups: [IntCounter; 4],
     /// Clients in the client state (set at scrape time).
     pub tracked_clients: IntGauge,
+    /// How many clients the client state holds at most.
+    tracked_clients_capacity: IntGauge,
     /// Client records evicted to make room (caught up at scrape time).
     pub state_evictions: IntCounter,
     /// Reloads by result: success, failure.
     config_reloads: [IntCounter; 2],
     /// When the running configuration was loaded (Unix seconds).
     config_loaded: Gauge,
+    /// 1 unless the last reload failed.
+    last_reload_successful: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -166,6 +171,13 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
+];
+
+/// Buckets for the latency usher adds, in seconds: mostly well under a
+/// millisecond, up to the DNS and introspection budgets.
+const ADDED_LATENCY_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0,
 ];
 
 /// Buckets for the classifier alone, in seconds.
@@ -235,6 +247,17 @@ impl Metrics {
                     "Time from sending a request upstream to its response head.",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+        )?;
+
+        let added_latency = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "usher_added_latency_seconds",
+                    "Latency usher added to a forwarded request: from its request head to its response head, less the upstream's time.",
+                )
+                .buckets(ADDED_LATENCY_BUCKETS.to_vec()),
             )?,
         )?;
 
@@ -411,6 +434,13 @@ impl Metrics {
                 "Clients (addresses; IPv6 by /64) in the client state.",
             )?,
         )?;
+        let tracked_clients_capacity = register(
+            &registry,
+            IntGauge::new(
+                "usher_tracked_clients_capacity",
+                "Clients the client state holds at most (state.capacity); past it the least recently seen are forgotten.",
+            )?,
+        )?;
         let state_evictions = register(
             &registry,
             IntCounter::new(
@@ -438,6 +468,15 @@ impl Metrics {
             )?,
         )?;
 
+        let last_reload_successful = register(
+            &registry,
+            IntGauge::new(
+                "usher_config_last_reload_successful",
+                "1 if the last reload succeeded (or none was tried), 0 if it failed and the previous configuration is still serving.",
+            )?,
+        )?;
+        last_reload_successful.set(1);
+
         let build_info = register(
             &registry,
             IntGaugeVec::new(
@@ -458,6 +497,7 @@ impl Metrics {
             request_duration,
             classify_duration,
             upstream_duration,
+            added_latency,
             upstream_errors,
             verifications,
             connections_active,
@@ -472,9 +512,11 @@ impl Metrics {
             crawler_verifications,
             crawler_dns_lookups,
             tracked_clients,
+            tracked_clients_capacity,
             state_evictions,
             config_reloads,
             config_loaded,
+            last_reload_successful,
         })
     }
 
@@ -494,6 +536,7 @@ impl Metrics {
         } else {
             self.config_reloads[1].inc();
         }
+        self.last_reload_successful.set(i64::from(success));
     }
 
     /// Count one classified request.
@@ -514,6 +557,11 @@ impl Metrics {
     /// Record how long the upstream took to answer with a head.
     pub fn observe_upstream(&self, took: Duration) {
         self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    /// Record the latency usher added to a forwarded request.
+    pub fn observe_added(&self, took: Duration) {
+        self.added_latency.observe(took.as_secs_f64());
     }
 
     /// Count the rules that matched a request, and its score.
@@ -544,9 +592,10 @@ impl Metrics {
     }
 
     /// Bring the client-state figures up to date (before a scrape).
-    pub fn observe_state(&self, tracked: usize, evictions: u64) {
-        self.tracked_clients
-            .set(i64::try_from(tracked).unwrap_or(i64::MAX));
+    pub fn observe_state(&self, tracked: usize, capacity: usize, evictions: u64) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.tracked_clients.set(gauge(tracked));
+        self.tracked_clients_capacity.set(gauge(capacity));
         catch_up(&self.state_evictions, evictions);
     }
 

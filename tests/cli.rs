@@ -37,7 +37,9 @@ fn check_with_keys(keys: &str) -> (i32, String, String) {
 fn help_lists_every_command() {
     let (code, out, _) = run(&["--help"]);
     assert_eq!(code, 0);
-    for command in ["serve", "check", "keys", "replay", "explain", "demo"] {
+    for command in [
+        "serve", "check", "keys", "replay", "explain", "demo", "health",
+    ] {
         assert!(
             out.contains(command),
             "--help does not list `{command}`:\n{out}"
@@ -53,6 +55,10 @@ fn help_lists_every_command() {
             &["--header", "--ip", "--body-file", "--format"][..],
         ),
         ("demo", &["--duration", "--listen", "--admin"][..]),
+        (
+            "health",
+            &["--config", "--admin", "--ready", "--timeout"][..],
+        ),
     ] {
         let (code, out, _) = run(&[command, "--help"]);
         assert_eq!(code, 0);
@@ -452,4 +458,59 @@ fn check_help_explains_output_and_exit_codes() {
     ] {
         assert!(out.contains(needed), "`{needed}` missing:\n{out}");
     }
+}
+
+/// A one-shot server that answers every connection with `answer`.
+fn answering(answer: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request);
+            let _ = conn.write_all(answer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn health_asks_a_running_usher_and_fails_on_anything_but_200() {
+    let usher = common::Usher::start("");
+    let admin = usher.admin.to_string();
+    let (code, out, err) = run(&["health", "--admin", &admin]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("/healthz: ok"), "{out}");
+    let (code, out, err) = run(&["health", "--admin", &admin, "--ready"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("/readyz: ok"), "{out}");
+
+    // The address from a config; a wildcard listener is asked on loopback.
+    let (_dir, config) = write(&format!("admin = \"0.0.0.0:{}\"\n", usher.admin.port()));
+    let (code, out, err) = run(&["health", "--config", &config]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("http://127.0.0.1:"), "{out}");
+
+    for (answer, said) in [
+        (
+            &b"HTTP/1.1 503 Service Unavailable\r\n\r\n"[..],
+            "answered 503",
+        ),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "not HTTP"),
+        (b"", "answered nothing"),
+    ] {
+        let addr = answering(answer).to_string();
+        let (code, _, err) = run(&["health", "--admin", &addr]);
+        assert_eq!(code, 1, "{said}: {err}");
+        assert!(err.contains(said), "{said}: {err}");
+    }
+    let (refusing, _held) = common::refusing_addr();
+    let (code, _, err) = run(&["health", "--admin", &refusing.to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/healthz"), "{err}");
+
+    let (_dir, broken) = write("admin = 9090\n");
+    let (code, _, err) = run(&["health", "--config", &broken]);
+    assert_eq!(code, 2, "a config that cannot be read is bad usage: {err}");
 }

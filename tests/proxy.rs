@@ -462,6 +462,16 @@ async fn admin_endpoints_and_metrics_by_class() {
         Some(3.0)
     );
     assert_eq!(
+        sample(&metrics, "usher_added_latency_seconds_count"),
+        Some(3.0),
+        "every forwarded request"
+    );
+    assert_eq!(
+        sample(&metrics, "usher_tracked_clients_capacity"),
+        Some(1_000_000.0),
+        "the default state.capacity"
+    );
+    assert_eq!(
         sample(&metrics, r#"usher_build_info{version="0.1.0"}"#),
         Some(1.0)
     );

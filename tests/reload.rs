@@ -100,6 +100,7 @@ async fn metric(usher: &Usher, series: &str) -> f64 {
 const SUCCESS: &str = r#"usher_config_reloads_total{result="success"}"#;
 const FAILURE: &str = r#"usher_config_reloads_total{result="failure"}"#;
 const LOADED: &str = "usher_config_last_reload_success_timestamp_seconds";
+const LAST_OK: &str = "usher_config_last_reload_successful";
 
 /// The number of "configuration reloaded" log lines naming `trigger`.
 fn reloads_logged(usher: &Usher, trigger: &str) -> usize {
@@ -122,6 +123,7 @@ async fn a_changed_rule_file_applies_on_sighup_on_post_reload_and_by_itself() {
     let usher = Usher::start_file(&files.path("usher.toml"));
     assert_eq!(reasons(&usher, "/a").await, "first");
     assert!(metric(&usher, LOADED).await > 1.0e9, "set at start");
+    assert_eq!(metric(&usher, LAST_OK).await, 1.0, "nothing failed yet");
     assert_eq!(metric(&usher, SUCCESS).await, 0.0);
     assert_eq!(metric(&usher, FAILURE).await, 0.0);
 
@@ -181,6 +183,7 @@ async fn an_invalid_rule_file_is_refused_and_the_old_rules_keep_serving() {
         loaded,
         "no success, no new time"
     );
+    assert_eq!(metric(&usher, LAST_OK).await, 0.0);
     assert!(
         usher.stderr().contains("configuration reload failed"),
         "{}",
@@ -195,6 +198,7 @@ async fn an_invalid_rule_file_is_refused_and_the_old_rules_keep_serving() {
     })
     .await;
     assert!(metric(&usher, LOADED).await >= loaded);
+    assert_eq!(metric(&usher, LAST_OK).await, 1.0, "fixed");
     assert!(
         metric(&usher, FAILURE).await <= 2.0,
         "one per trigger at most"

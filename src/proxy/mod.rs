@@ -275,6 +275,8 @@ impl Proxy {
         // The client hears its own protocol, whatever the upstream spoke.
         *response.version_mut() = client_version;
         done.status = response.status().as_u16();
+        self.metrics
+            .observe_added(started.elapsed().saturating_sub(took));
         Ok(response.map(|body| ProxyBody::upstream(body, done)))
     }
 
