@@ -66,8 +66,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Ask a running usher's admin listener whether it is alive (/healthz)
     /// or ready (/readyz, with --ready): exit 0 if it answers 200, 1 if it
-    /// does not, 2 if the config cannot be read. For container health
-    /// checks: `usher health --config /etc/usher/usher.toml`.
+    /// does not or the config's `admin` cannot be read (only that key is
+    /// read). For container health checks:
+    /// `usher health --config /etc/usher/usher.toml`.
     Health(crate::health::HealthArgs),
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
@@ -33,6 +33,14 @@ pub struct HealthArgs {
 /// Why the admin listener did not say yes.
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
+    /// The config file could not be read for its `admin` address.
+    #[error("{file}: {message}")]
+    Config {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No connection, or no complete answer in time.
     #[error("{url}: {source}")]
     Unreachable {
@@ -51,17 +59,35 @@ pub enum HealthError {
     },
 }
 
-/// Run `usher health`: exit 0 on 200, 1 on anything else, 2 on a bad config.
+/// Run `usher health`: exit 0 on 200, 1 on anything else (orchestrators
+/// read other codes as errors of the check itself).
 pub fn run(args: &HealthArgs) -> Result<(), CliError> {
     let admin = match (args.admin, &args.config) {
         (Some(admin), _) => admin,
-        (None, Some(path)) => Config::load(path)?.admin,
+        (None, Some(path)) => admin_of(path)?,
         (None, None) => Config::default().admin,
     };
     let path = if args.ready { "/readyz" } else { "/healthz" };
     let url = probe(admin, path, Duration::from_secs(args.timeout))?;
     println!("{url}: ok");
     Ok(())
+}
+
+/// The `admin` address of a config file, read leniently: a running usher
+/// keeps serving on its old config while the file is being edited, and its
+/// health does not depend on the rest of the file being valid.
+fn admin_of(path: &Path) -> Result<SocketAddr, HealthError> {
+    #[derive(serde::Deserialize)]
+    struct AdminOnly {
+        admin: Option<SocketAddr>,
+    }
+    let error = |message: String| HealthError::Config {
+        file: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let found: AdminOnly = toml::from_str(&text).map_err(|e| error(e.message().to_owned()))?;
+    Ok(found.admin.unwrap_or(Config::default().admin))
 }
 
 /// GET `path` on `admin` and succeed on 200; returns the URL asked.
