@@ -66,6 +66,69 @@ fn the_host_config_checks_with_the_rules_folder_the_install_creates() {
     check_deployed("deploy/systemd/usher.toml", dir.path());
 }
 
+/// Lay out `files` the way the kubelet mounts a ConfigMap or Secret at
+/// `dir`: a timestamped folder, `..data` pointing at it, and a symlink per
+/// key; a later call swaps `..data` at once, as an update does.
+fn kubelet_mount(dir: &Path, version: u32, files: &[(&str, String)]) {
+    use std::os::unix::fs::symlink;
+    let stamp = format!("..2026_11_26_{version:02}");
+    std::fs::create_dir_all(dir.join(&stamp)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&stamp).join(name), text).unwrap();
+        let link = dir.join(name);
+        if link.symlink_metadata().is_err() {
+            symlink(format!("..data/{name}"), link).unwrap();
+        }
+    }
+    symlink(&stamp, dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_edit_in_the_pods_config_map_reloads_the_running_sidecar() {
+    let up = upstream(echo).await;
+    let etc = tempfile::tempdir().unwrap();
+    let etc = etc.path();
+    // deploy/kubernetes as the pod sees it: usher.toml from one ConfigMap
+    // at /etc/usher, the site rules from another at /etc/usher/rules, the
+    // Secret at /etc/usher/secrets. Only the upstream and the shipped
+    // rules' folder differ from the manifests.
+    let shipped = repo("rules");
+    let config = read("deploy/kubernetes/usher.toml")
+        .replace("/usr/share/usher/rules", shipped.to_str().unwrap())
+        .replace("http://127.0.0.1:3000", &up.url());
+    kubelet_mount(etc, 1, &[("usher.toml", config)]);
+    let site = read("deploy/kubernetes/rules/site.toml");
+    kubelet_mount(&etc.join("rules"), 1, &[("site.toml", site.clone())]);
+    let keys = yaml_block(&read("deploy/kubernetes/secret.yaml"), "api-keys.toml");
+    kubelet_mount(&etc.join("secrets"), 1, &[("api-keys.toml", keys)]);
+
+    let usher = Usher::start_file(&etc.join("usher.toml"));
+    assert_eq!(
+        get(&usher.url("/internal/health")).await.0,
+        403,
+        "site rule"
+    );
+    assert_eq!(get(&usher.url("/private/x")).await.0, 200);
+
+    // `kubectl apply -k` with one more rule: the kubelet swaps the rules
+    // ConfigMap's `..data`, and the running usher takes it up.
+    let edited = format!(
+        "{site}\n[[rule]]\nname = \"site-private\"\nwhen.path_prefix = \"/private/\"\naction = \"deny\"\n"
+    );
+    kubelet_mount(&etc.join("rules"), 2, &[("site.toml", edited)]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while get(&usher.url("/private/x")).await.0 != 403 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edited rules were not loaded:\n{}",
+            usher.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&usher.url("/internal/health")).await.0, 403);
+}
+
 #[test]
 fn the_pod_config_checks_with_its_config_maps_and_secret() {
     let dir = tempfile::tempdir().unwrap();
