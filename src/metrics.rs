@@ -431,7 +431,7 @@ impl Metrics {
             &registry,
             IntGauge::new(
                 "usher_tracked_clients",
-                "Clients (addresses; IPv6 by /64) in the client state.",
+                "Clients (addresses, IPv6 by /64, and verified subjects) in the client state: those active within the last 5 minutes or so.",
             )?,
         )?;
         let tracked_clients_capacity = register(

@@ -139,6 +139,7 @@ impl Server {
             admin_stopped,
         ));
 
+        let sweeper = tokio::spawn(forget_idle_clients(proxy.clone()));
         for jwks in classifier_jwks(&proxy) {
             tokio::spawn(crate::identity::jwks::RemoteJwks::run(
                 Arc::downgrade(&jwks),
@@ -230,9 +231,36 @@ impl Server {
                 "shutdown deadline passed with connections still open"
             ),
         }
+        sweeper.abort();
         access_log.flush(Duration::from_secs(2));
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
+    }
+}
+
+/// How often clients idle past the longest window are forgotten.
+const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Forget idle clients now and then, so `usher_tracked_clients` counts the
+/// clients active lately and a full state means real pressure. The sweep
+/// runs on a blocking thread: it walks every record, one shard lock at a
+/// time.
+async fn forget_idle_clients(proxy: Arc<Proxy>) {
+    let mut tick = tokio::time::interval(IDLE_SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        // The state outlives reloads; take whichever the proxy has now.
+        let state = proxy.settings().classifier.signals().state().clone();
+        let sweep = tokio::task::spawn_blocking(move || {
+            crate::state::expire_idle(&state, std::time::SystemTime::now())
+        });
+        if let Ok(forgotten) = sweep.await
+            && forgotten > 0
+        {
+            tracing::debug!(forgotten, "idle clients forgotten");
+        }
     }
 }
 

@@ -113,6 +113,33 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
         true
     }
 
+    /// Remove every entry `keep` says no to, one shard at a time (each
+    /// shard's lock is held only for its own pass); returns how many went.
+    pub fn retain(&self, mut keep: impl FnMut(&V) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in &*self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = &mut *shard;
+            let mut slot = 0;
+            while slot < shard.entries.len() {
+                if keep(&shard.entries[slot].value) {
+                    slot += 1;
+                    continue;
+                }
+                let gone = shard.entries.swap_remove(slot);
+                shard.index.remove(&gone.key);
+                if let Some(moved) = shard.entries.get(slot) {
+                    shard.index.insert(moved.key, slot);
+                }
+                removed += 1;
+            }
+            if shard.hand >= shard.entries.len() {
+                shard.hand = 0;
+            }
+        }
+        removed
+    }
+
     fn insert(&self, shard: &mut Shard<K, V>, key: K, value: V) -> usize {
         let entry = Entry {
             key,
@@ -186,6 +213,30 @@ mod tests {
             assert_eq!(map.peek(r, |v| *v), Some(visits), "regular {r} was evicted");
         }
         assert!(map.evictions() >= 2_000_000 - map.capacity() as u64);
+    }
+
+    #[test]
+    fn retain_removes_what_it_is_told_and_keeps_the_index_consistent() {
+        // Room to spare in every shard, so nothing is evicted unasked.
+        let map: BoundedMap<u32, u32> = BoundedMap::new(64_000);
+        for k in 0..600 {
+            map.with(k, || k, |_| ());
+        }
+        assert_eq!(map.retain(|v| v % 3 == 0), 400);
+        assert_eq!(map.len(), 200);
+        for k in 0..600 {
+            assert_eq!(map.peek(&k, |v| *v), (k % 3 == 0).then_some(k), "{k}");
+        }
+        // The freed room takes new keys; the hand never points past the end.
+        for k in 600..1400 {
+            map.with(k, || k, |_| ());
+        }
+        let held = map.len();
+        assert_eq!(held as u64 + map.evictions(), 1000);
+        assert_eq!(map.retain(|_| false), held);
+        assert!(map.is_empty());
+        map.with(1, || 1, |_| ());
+        assert_eq!(map.peek(&1, |v| *v), Some(1));
     }
 
     #[test]

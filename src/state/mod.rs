@@ -268,6 +268,25 @@ impl ClientRecord {
 /// All clients' records, bounded.
 pub type ClientStore = BoundedMap<ClientKey, ClientRecord>;
 
+impl ClientRecord {
+    /// Whether nothing it remembers still counts at `now` (Unix seconds):
+    /// no request and no failed credential within the longest window.
+    pub fn is_idle(&self, now: u32) -> bool {
+        self.requests[RATE_WINDOWS.len() - 1].count(now, RATE_WINDOWS[RATE_WINDOWS.len() - 1]) == 0
+            && self.auth_failures.count(now, AUTH_FAILURE_WINDOW) == 0
+    }
+}
+
+/// Forget the clients that have been idle past the longest window, so
+/// `len()` counts the clients active lately rather than every client since
+/// start; returns how many were forgotten.
+pub fn expire_idle(store: &ClientStore, now: std::time::SystemTime) -> usize {
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+    store.retain(|record| !record.is_idle(now))
+}
+
 /// The record of a client, updated.
 pub fn update_client(
     store: &ClientStore,
@@ -460,5 +479,31 @@ mod tests {
         assert!(client(&store, b).is_none());
         let v6: IpAddr = Ipv6Addr::LOCALHOST.into();
         assert!(client(&store, ClientKey::of(v6)).is_none());
+    }
+
+    #[test]
+    fn idle_clients_are_forgotten_after_the_longest_window_and_no_sooner() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let store = ClientStore::new(1000);
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let key = |i: u8| ClientKey::of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, i)));
+        // A visitor at t=10 000, a failed login at 10 000 (and no request
+        // counted since), and a client still busy at 10 290.
+        update_client(&store, key(1), |r| r.add_request(10_000_000, 1));
+        update_client(&store, key(2), |r| {
+            r.auth_failures.add(10_000, AUTH_FAILURE_WINDOW)
+        });
+        update_client(&store, key(3), |r| r.add_request(10_290_000, 1));
+        assert_eq!(expire_idle(&store, at(10_299)), 0, "all within 5 min");
+        assert_eq!(store.len(), 3);
+        assert_eq!(expire_idle(&store, at(10_600)), 2);
+        assert!(client(&store, key(1)).is_none());
+        assert!(client(&store, key(2)).is_none());
+        assert!(
+            client(&store, key(3)).is_some(),
+            "active 310 s ago: window not over"
+        );
+        assert_eq!(expire_idle(&store, at(10_900)), 1);
+        assert!(store.is_empty());
     }
 }
