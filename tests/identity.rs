@@ -660,8 +660,13 @@ async fn a_paying_customer_hammering_at_bot_rates_is_demoted() {
     .await;
     let (after, seen) = found.expect("a paying customer at 30 req/s was never demoted");
     eprintln!("paying customer demoted after {after:?} and {sent} requests");
+    // Which behaviour rule gets there first depends on the pace the
+    // machine allows (a burst, or 30 distinct paths at a steady beat); any
+    // of them, read from the account's record, is the point.
+    let behaviour = ["scraping-burst", "path-enumeration", "metronome"];
     assert!(
-        label(&seen, "x-usher-reasons").is_some_and(|r| r.contains("scraping-burst")),
+        label(&seen, "x-usher-reasons")
+            .is_some_and(|r| r.split(',').any(|rule| behaviour.contains(&rule))),
         "{seen}"
     );
     assert_eq!(
