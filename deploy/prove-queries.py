@@ -10,9 +10,11 @@ rules loaded, then evaluates through Prometheus's HTTP API:
     $class, $__rate_interval, $__range);
   * every recording rule's expression and the series it recorded;
   * every alert's expression (it may be empty: nothing should be firing);
+  * every dashboard variable's `label_values(...)` query;
 
-and fails if any query errors or a dashboard query or recording rule
-returns no series, or if Prometheus reports any rule unhealthy.
+and fails if any query errors, if a dashboard query or recording rule
+returns no series or only NaN (a histogram the demo never fed), if a
+variable offers no values, or if Prometheus reports any rule unhealthy.
 
 Usage: deploy/prove-queries.py [--usher target/debug/usher]
        [--prometheus prometheus] [--seconds 25]
@@ -67,10 +69,29 @@ def substitute(expr):
     return expr
 
 
-def dashboard_queries(path):
-    """(panel title, expr) for every target of every panel, rows included."""
+def load_dashboard(path):
     with open(path, encoding="utf-8") as f:
-        dashboard = json.load(f)
+        return json.load(f)
+
+
+def dashboard_variables(dashboard):
+    """(name, label, selector or None) for every label_values variable."""
+    found = []
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable.get("type") != "query":
+            continue
+        query = variable.get("query")
+        if isinstance(query, dict):
+            query = query.get("query", "")
+        match = re.fullmatch(r"\s*label_values\((?:(.*),\s*)?(\w+)\)\s*", query or "")
+        if not match:
+            raise SystemExit(f"prove-queries: variable {variable.get('name')}: cannot read {query!r}")
+        found.append((variable["name"], match.group(2), match.group(1)))
+    return found
+
+
+def dashboard_queries(dashboard):
+    """(panel title, expr) for every target of every panel, rows included."""
     found = []
 
     def walk(panels):
@@ -82,6 +103,10 @@ def dashboard_queries(path):
 
     walk(dashboard.get("panels", []))
     return found
+
+
+def finite(value):
+    return value not in ("NaN", "+Inf", "-Inf")
 
 
 class Prometheus:
@@ -100,14 +125,22 @@ class Prometheus:
             return json.load(e)
 
     def query(self, expr):
-        """(series count, error or None)."""
+        """(series count, series with a finite value, error or None)."""
         answer = self.get("/api/v1/query", query=expr)
         if answer.get("status") != "success":
-            return 0, answer.get("error", "unknown error")
+            return 0, 0, answer.get("error", "unknown error")
         data = answer["data"]
-        if data["resultType"] in ("vector", "matrix"):
-            return len(data["result"]), None
-        return 1, None  # scalar or string
+        if data["resultType"] == "vector":
+            result = data["result"]
+            return len(result), sum(finite(s["value"][1]) for s in result), None
+        return 1, 1, None  # scalar or string
+
+    def label_values(self, label, selector):
+        params = {"match[]": selector} if selector else {}
+        answer = self.get(f"/api/v1/label/{label}/values", **params)
+        if answer.get("status") != "success":
+            return None, answer.get("error", "unknown error")
+        return answer["data"], None
 
 
 def dump_logs(work):
@@ -146,7 +179,9 @@ def main():
     if not prometheus_bin:
         raise SystemExit("prove-queries: prometheus not found (apt-get install prometheus)")
 
-    queries = dashboard_queries(DASHBOARD)
+    dashboard = load_dashboard(DASHBOARD)
+    queries = dashboard_queries(dashboard)
+    variables = dashboard_variables(dashboard)
     if not queries:
         raise SystemExit(f"prove-queries: no queries in {DASHBOARD}")
 
@@ -215,16 +250,25 @@ def main():
             except ValueError as e:
                 failures.append(f"{kind} {name!r}: {e}")
                 return
-            count, error = api.query(expr)
+            count, finite_count, error = api.query(expr)
             if error:
                 failures.append(f"{kind} {name!r}: {error}\n    {expr}")
             elif count == 0 and must_have_series:
                 failures.append(f"{kind} {name!r}: no series\n    {expr}")
+            elif finite_count == 0 and must_have_series:
+                failures.append(f"{kind} {name!r}: only NaN or infinite values\n    {expr}")
             else:
                 print(f"  ok  {kind:<9} {count:>3} series  {name}")
 
         for title, expr in queries:
             check("panel", title, expr)
+
+        for name, label, selector in variables:
+            values, error = api.label_values(label, selector and substitute(selector))
+            if error or not values:
+                failures.append(f"variable {name!r}: {error or 'no values'}")
+            else:
+                print(f"  ok  variable  {len(values):>3} values  {name} ({', '.join(values[:5])})")
 
         groups = api.get("/api/v1/rules")["data"]["groups"]
         rules = [rule for group in groups for rule in group["rules"]]
@@ -251,7 +295,8 @@ def main():
                 print(f"  {failure}", file=sys.stderr)
             return 1
         print(
-            f"prove-queries: ok: {len(queries)} dashboard queries and {len(rules)} rules "
+            f"prove-queries: ok: {len(queries)} dashboard queries, {len(variables)} variables "
+            f"and {len(rules)} rules "
             "evaluated against a real Prometheus"
         )
         ok = True

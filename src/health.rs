@@ -4,7 +4,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
@@ -86,8 +86,24 @@ fn admin_of(path: &Path) -> Result<SocketAddr, HealthError> {
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    let found: AdminOnly = toml::from_str(&text).map_err(|e| error(e.message().to_owned()))?;
-    Ok(found.admin.unwrap_or(Config::default().admin))
+    match toml::from_str::<AdminOnly>(&text) {
+        Ok(found) => Ok(found.admin.unwrap_or(Config::default().admin)),
+        // A syntax error elsewhere (a file half-edited): the top-level
+        // `admin = "…"` line, if there is one, still says where to ask.
+        Err(e) => admin_line(&text).ok_or_else(|| error(e.message().to_owned())),
+    }
+}
+
+/// The value of a top-level `admin = "ADDR"` line.
+fn admin_line(text: &str) -> Option<SocketAddr> {
+    text.lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with('['))
+        .find_map(|line| {
+            let value = line.strip_prefix("admin")?.trim_start().strip_prefix('=')?;
+            let value = value.trim().strip_prefix('"')?;
+            value[..value.find('"')?].parse().ok()
+        })
 }
 
 /// GET `path` on `admin` and succeed on 200; returns the URL asked.
@@ -98,12 +114,17 @@ pub fn probe(admin: SocketAddr, path: &str, timeout: Duration) -> Result<String,
         url: url.clone(),
         source,
     };
+    // One deadline for the whole exchange, however the time is spent.
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+    };
     let mut stream = TcpStream::connect_timeout(&target, timeout).map_err(unreachable)?;
     stream
-        .set_read_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    stream
-        .set_write_timeout(Some(timeout))
+        .set_write_timeout(Some(left().map_err(unreachable)?))
         .map_err(unreachable)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).map_err(unreachable)?;
@@ -111,6 +132,9 @@ pub fn probe(admin: SocketAddr, path: &str, timeout: Duration) -> Result<String,
     let mut head = [0u8; 256];
     let mut len = 0;
     while len < head.len() && !head[..len].contains(&b'\n') {
+        stream
+            .set_read_timeout(Some(left().map_err(unreachable)?))
+            .map_err(unreachable)?;
         match stream.read(&mut head[len..]).map_err(unreachable)? {
             0 => break,
             n => len += n,
@@ -173,6 +197,26 @@ mod tests {
             b"\xff\xfe\x00",
         ] {
             assert_eq!(status_code(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn finds_the_admin_line_of_a_half_edited_file() {
+        let addr = |s: &str| s.parse::<SocketAddr>().ok();
+        assert_eq!(
+            admin_line("listen = [\n admin = \"0.0.0.0:9191\" # here\n"),
+            addr("0.0.0.0:9191")
+        );
+        assert_eq!(admin_line("admin=\"[::1]:9\""), addr("[::1]:9"));
+        for no in [
+            "",
+            "[state]\nadmin = \"0.0.0.0:9191\"\n",
+            "administrator = \"x\"\n",
+            "admin = 9090\n",
+            "admin = \"0.0.0.0:9191\n",
+            "admin = \"not an address\"\n",
+        ] {
+            assert_eq!(admin_line(no), None, "{no:?}");
         }
     }
 

@@ -514,7 +514,7 @@ fn health_asks_a_running_usher_and_fails_on_anything_but_200() {
     // a running usher unhealthy, but a wrong `admin` fails (with 1, the only
     // failure code orchestrators expect).
     let (_dir, editing) = write(&format!(
-        "admin = \"0.0.0.0:{}\"\nnot_a_key = 1\n",
+        "admin = \"0.0.0.0:{}\"\nnot_a_key = 1\nlisten = [\n",
         usher.admin.port()
     ));
     let (code, out, err) = run(&["health", "--config", &editing]);

@@ -716,3 +716,31 @@ async fn an_http10_upstream_does_not_downgrade_the_client() {
     .await;
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn added_latency_leaves_out_the_upstreams_time() {
+    // An upstream that takes half a second: were its time not subtracted,
+    // every added-latency sample would be over 0.5 s.
+    let up = upstream(|req| async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        echo(req).await
+    })
+    .await;
+    let usher = Usher::start(&config(&up, ""));
+    for _ in 0..3 {
+        assert_eq!(get(&usher.url("/slow")).await.0, 200);
+    }
+    let metrics = usher.metrics().await;
+    let upstream_fast = r#"usher_upstream_duration_seconds_bucket{le="0.25"}"#;
+    assert_eq!(
+        sample(&metrics, upstream_fast),
+        Some(0.0),
+        "the upstream was slow"
+    );
+    let added_small = r#"usher_added_latency_seconds_bucket{le="0.25"}"#;
+    assert_eq!(sample(&metrics, added_small), Some(3.0), "usher was not");
+    assert_eq!(
+        sample(&metrics, "usher_added_latency_seconds_count"),
+        Some(3.0)
+    );
+}
