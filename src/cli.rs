@@ -343,16 +343,26 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
     for warning in classifier.warnings() {
         tracing::warn!("{warning}");
     }
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
+    // One worker: everything on this thread, with no cross-thread wake-ups.
+    // More: the accept loop runs on a worker too, not on this thread.
+    let mut runtime = match args.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            runtime.worker_threads(usize::from(workers));
+            runtime
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let runtime = runtime.enable_all().build().map_err(CliError::Runtime)?;
     let source = Source::new(args.config.clone(), move || serve_config(&args));
     runtime.block_on(async {
         let server = Server::bind(config, classifier).await?;
-        server.with_reload(source).run(shutdown_signal()).await;
-        Ok(())
+        let run = server.with_reload(source).run(shutdown_signal());
+        match tokio::spawn(run).await {
+            Ok(()) => Ok(()),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     })
 }
 

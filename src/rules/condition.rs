@@ -260,9 +260,26 @@ pub struct Input<'a, 'f> {
     pub escaped_root: bool,
     /// The query, percent-decoded, when it held escapes.
     pub query_decoded: Option<&'a [u8]>,
+    /// False when no user-agent pattern of any rule matches the user agent
+    /// (one scan of their union, done once per request), so no
+    /// `user_agent` condition needs to scan it again.
+    pub user_agent_may_match: bool,
 }
 
 impl Condition {
+    /// Add the patterns of every `user_agent` condition (nested ones
+    /// included) to `out`.
+    pub fn user_agent_patterns(&self, out: &mut Vec<String>) {
+        match self {
+            Condition::UserAgent(set) => out.extend(set.patterns().iter().cloned()),
+            Condition::All(list) | Condition::Any(list) => {
+                list.iter().for_each(|c| c.user_agent_patterns(out));
+            }
+            Condition::Not(c) => c.user_agent_patterns(out),
+            _ => {}
+        }
+    }
+
     /// Whether the condition (or one nested in it) reads the query, so the
     /// decoded query is worth computing.
     pub fn reads_query(&self) -> bool {
@@ -361,7 +378,7 @@ impl Condition {
                 return facts.recorded.is_none().then_some(false);
             }
             Condition::UserAgent(set) => match facts.user_agent {
-                Some(ua) => set.is_match(ua),
+                Some(ua) => input.user_agent_may_match && set.is_match(ua),
                 None => return missing(&http::header::USER_AGENT),
             },
             Condition::UserAgentContains(ac) => match facts.user_agent {

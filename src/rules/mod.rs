@@ -90,6 +90,9 @@ pub struct RuleSet {
     tarpit_delay: std::time::Duration,
     /// Whether any rule reads the query (decoding it is then worth it).
     reads_query: bool,
+    /// Every `user_agent` pattern of every rule, as one set: when it does
+    /// not match (most people's browsers), no `user_agent` condition can.
+    user_agents: Option<regex::bytes::RegexSet>,
 }
 
 impl Default for RuleSet {
@@ -106,6 +109,7 @@ impl RuleSet {
     pub fn new(rules: Vec<Rule>, bot_threshold: i32) -> Self {
         RuleSet {
             reads_query: rules.iter().any(|r| r.when.reads_query()),
+            user_agents: user_agent_union(&rules),
             rules,
             bot_threshold,
             class_actions: [Action::Forward; Class::ALL.len()],
@@ -160,6 +164,7 @@ impl RuleSet {
             path: &normalized.path,
             escaped_root: normalized.escaped_root,
             query_decoded: query_decoded.as_deref(),
+            user_agent_may_match: true,
         };
         self.rules
             .iter()
@@ -188,6 +193,10 @@ impl RuleSet {
         } else {
             None
         };
+        let user_agent_may_match = match (&self.user_agents, facts.user_agent) {
+            (Some(all), Some(ua)) => all.is_match(ua),
+            _ => true,
+        };
         let input = Input {
             facts,
             identity,
@@ -195,6 +204,7 @@ impl RuleSet {
             path: &normalized.path,
             escaped_root: normalized.escaped_root,
             query_decoded: query_decoded.as_deref(),
+            user_agent_may_match,
         };
         for rule in &self.rules {
             if !rule.when.matches(&input) {
@@ -210,5 +220,79 @@ impl RuleSet {
             out.reasons.push(rule.name.clone());
         }
         out
+    }
+}
+
+/// One set of every `user_agent` pattern of `rules`, built as each
+/// condition's own set is (ASCII classes), so it matches exactly when one
+/// of them does; None when fewer than two conditions would share it or it
+/// is too big to build.
+fn user_agent_union(rules: &[Rule]) -> Option<regex::bytes::RegexSet> {
+    let mut patterns = Vec::new();
+    let mut conditions = 0;
+    for rule in rules {
+        let before = patterns.len();
+        rule.when.user_agent_patterns(&mut patterns);
+        conditions += usize::from(patterns.len() > before);
+    }
+    if conditions < 2 {
+        return None;
+    }
+    regex::bytes::RegexSetBuilder::new(&patterns)
+        .unicode(false)
+        .size_limit(64 << 20)
+        .build()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn the_user_agent_union_never_changes_an_outcome() {
+        let mut config =
+            crate::config::Config::parse("rules = [\"rules/*.toml\"]", "test").expect("config");
+        config.origin.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let classifier = crate::classify::Classifier::from_config(&config).expect("rules");
+        let with = classifier.rules();
+        assert!(
+            with.user_agents.is_some(),
+            "the shipped rules share a union"
+        );
+        let mut without = RuleSet::new(with.rules().to_vec(), with.bot_threshold());
+        without.user_agents = None;
+
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let agents = [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+            "python-requests/2.32.3",
+            "curl/8.5.0",
+            "sqlmap/1.8#stable (https://sqlmap.org)",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (compatible; ExampleBot/1.0; +https://example.com/bot)",
+            "Mozilla/5.0 Ünïcödé \u{1F916} bot",
+            "",
+            "-",
+        ];
+        for agent in agents {
+            for path in ["/", "/wp-login.php", "/.env", "/products/7?q=1"] {
+                let req = http::Request::get(path)
+                    .header("user-agent", agent)
+                    .header("accept-language", "en")
+                    .body(())
+                    .unwrap();
+                let (parts, ()) = req.into_parts();
+                let facts = Facts::new(&parts, ip, ip, std::time::SystemTime::UNIX_EPOCH);
+                let signals = Signals::default();
+                assert_eq!(
+                    with.evaluate(&facts, &Identity::Anonymous, &signals),
+                    without.evaluate(&facts, &Identity::Anonymous, &signals),
+                    "{agent} {path}"
+                );
+            }
+        }
     }
 }
