@@ -225,8 +225,10 @@ pub enum Condition {
     Header(HeaderName, BytesRegex),
     /// Some header's value matches (as bytes).
     AnyHeader(BytesRegex),
-    /// The user agent matches one of these regexes (as bytes).
-    UserAgent(BytesRegexSet),
+    /// The user agent matches one of these regexes (as bytes); the index
+    /// is where they start in the rule set's union of every `user_agent`
+    /// pattern ([`NOT_IN_UNION`] until the rule set places them).
+    UserAgent(BytesRegexSet, usize),
     /// The user agent contains one of these strings (ASCII case-insensitive).
     UserAgentContains(AhoCorasick),
     /// The request has no usable `User-Agent`.
@@ -260,22 +262,28 @@ pub struct Input<'a, 'f> {
     pub escaped_root: bool,
     /// The query, percent-decoded, when it held escapes.
     pub query_decoded: Option<&'a [u8]>,
-    /// False when no user-agent pattern of any rule matches the user agent
-    /// (one scan of their union, done once per request), so no
-    /// `user_agent` condition needs to scan it again.
-    pub user_agent_may_match: bool,
+    /// Which patterns of the rule set's union of every `user_agent`
+    /// pattern match the user agent: one scan per request instead of one
+    /// per condition. None: each condition scans for itself.
+    pub user_agent_matches: Option<&'a [bool]>,
 }
 
+/// The place of a `user_agent` condition not (yet) in a union.
+pub const NOT_IN_UNION: usize = usize::MAX;
+
 impl Condition {
-    /// Add the patterns of every `user_agent` condition (nested ones
-    /// included) to `out`.
-    pub fn user_agent_patterns(&self, out: &mut Vec<String>) {
+    /// Append the patterns of every `user_agent` condition (nested ones
+    /// included) to `union`, each condition noting where its own start.
+    pub fn place_user_agents(&mut self, union: &mut Vec<String>) {
         match self {
-            Condition::UserAgent(set) => out.extend(set.patterns().iter().cloned()),
-            Condition::All(list) | Condition::Any(list) => {
-                list.iter().for_each(|c| c.user_agent_patterns(out));
+            Condition::UserAgent(set, first) => {
+                *first = union.len();
+                union.extend(set.patterns().iter().cloned());
             }
-            Condition::Not(c) => c.user_agent_patterns(out),
+            Condition::All(list) | Condition::Any(list) => {
+                list.iter_mut().for_each(|c| c.place_user_agents(union));
+            }
+            Condition::Not(c) => c.place_user_agents(union),
             _ => {}
         }
     }
@@ -377,8 +385,14 @@ impl Condition {
                 // Some unrecorded header might have matched.
                 return facts.recorded.is_none().then_some(false);
             }
-            Condition::UserAgent(set) => match facts.user_agent {
-                Some(ua) => input.user_agent_may_match && set.is_match(ua),
+            Condition::UserAgent(set, first) => match facts.user_agent {
+                Some(ua) => match input
+                    .user_agent_matches
+                    .and_then(|m| m.get(*first..first.checked_add(set.len())?))
+                {
+                    Some(matched) => matched.contains(&true),
+                    None => set.is_match(ua),
+                },
                 None => return missing(&http::header::USER_AGENT),
             },
             Condition::UserAgentContains(ac) => match facts.user_agent {
@@ -494,7 +508,7 @@ impl Condition {
             ),
             Condition::Header(name, re) => format!("header {name} matches '{}'", re.as_str()),
             Condition::AnyHeader(re) => format!("some header matches '{}'", re.as_str()),
-            Condition::UserAgent(set) => {
+            Condition::UserAgent(set, _) => {
                 let hit = facts
                     .user_agent
                     .and_then(|ua| set.matches(ua).iter().next());

@@ -1003,7 +1003,10 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
     }
     if let Some(v) = when.user_agent {
         let (span, list) = checked_patterns(v, true, notes)?;
-        all.push(Condition::UserAgent(bytes_regex_set(&list, span)?));
+        all.push(Condition::UserAgent(
+            bytes_regex_set(&list, span)?,
+            super::condition::NOT_IN_UNION,
+        ));
     }
     if let Some(v) = when.user_agent_contains {
         let (span, list) = strings(v)?;

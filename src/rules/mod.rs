@@ -106,10 +106,10 @@ impl RuleSet {
     pub const DEFAULT_BOT_THRESHOLD: i32 = 100;
 
     /// A rule set evaluated in the given order.
-    pub fn new(rules: Vec<Rule>, bot_threshold: i32) -> Self {
+    pub fn new(mut rules: Vec<Rule>, bot_threshold: i32) -> Self {
         RuleSet {
             reads_query: rules.iter().any(|r| r.when.reads_query()),
-            user_agents: user_agent_union(&rules),
+            user_agents: user_agent_union(&mut rules),
             rules,
             bot_threshold,
             class_actions: [Action::Forward; Class::ALL.len()],
@@ -164,7 +164,7 @@ impl RuleSet {
             path: &normalized.path,
             escaped_root: normalized.escaped_root,
             query_decoded: query_decoded.as_deref(),
-            user_agent_may_match: true,
+            user_agent_matches: None,
         };
         self.rules
             .iter()
@@ -193,9 +193,23 @@ impl RuleSet {
         } else {
             None
         };
-        let user_agent_may_match = match (&self.user_agents, facts.user_agent) {
-            (Some(all), Some(ua)) => all.is_match(ua),
-            _ => true,
+        // Which user-agent patterns match, in one scan (on the stack for
+        // any likely number of patterns).
+        let mut stack = [false; 256];
+        let mut heap = Vec::new();
+        let user_agent_matches = match (&self.user_agents, facts.user_agent) {
+            (Some(all), Some(ua)) => {
+                let matched = match stack.get_mut(..all.len()) {
+                    Some(matched) => matched,
+                    None => {
+                        heap.resize(all.len(), false);
+                        &mut heap[..]
+                    }
+                };
+                all.matches_read_at(matched, ua, 0);
+                Some(&*matched)
+            }
+            _ => None,
         };
         let input = Input {
             facts,
@@ -204,7 +218,7 @@ impl RuleSet {
             path: &normalized.path,
             escaped_root: normalized.escaped_root,
             query_decoded: query_decoded.as_deref(),
-            user_agent_may_match,
+            user_agent_matches,
         };
         for rule in &self.rules {
             if !rule.when.matches(&input) {
@@ -223,16 +237,17 @@ impl RuleSet {
     }
 }
 
-/// One set of every `user_agent` pattern of `rules`, built as each
-/// condition's own set is (ASCII classes), so it matches exactly when one
-/// of them does; None when fewer than two conditions would share it or it
-/// is too big to build.
-fn user_agent_union(rules: &[Rule]) -> Option<regex::bytes::RegexSet> {
+/// One set of every `user_agent` pattern of `rules`, each condition told
+/// where its patterns start, built as each condition's own set is (ASCII
+/// classes) so it matches exactly as they do. None when fewer than two
+/// conditions would share it, or it is too big to build (each condition
+/// then scans for itself).
+fn user_agent_union(rules: &mut [Rule]) -> Option<regex::bytes::RegexSet> {
     let mut patterns = Vec::new();
     let mut conditions = 0;
     for rule in rules {
         let before = patterns.len();
-        rule.when.user_agent_patterns(&mut patterns);
+        rule.when.place_user_agents(&mut patterns);
         conditions += usize::from(patterns.len() > before);
     }
     if conditions < 2 {
