@@ -110,7 +110,8 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
-    /// Worker threads [default: one per CPU].
+    /// Worker threads [default: one per CPU]; 1 runs everything on one
+    /// thread, which is the cheapest way to serve from one core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }
