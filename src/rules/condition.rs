@@ -262,10 +262,41 @@ pub struct Input<'a, 'f> {
     pub escaped_root: bool,
     /// The query, percent-decoded, when it held escapes.
     pub query_decoded: Option<&'a [u8]>,
-    /// Which patterns of the rule set's union of every `user_agent`
-    /// pattern match the user agent: one scan per request instead of one
-    /// per condition. None: each condition scans for itself.
-    pub user_agent_matches: Option<&'a [bool]>,
+    /// The rule set's union of every `user_agent` pattern against this
+    /// user agent. None: each condition scans for itself.
+    pub user_agent_matches: Option<UserAgentMatches<'a>>,
+}
+
+/// Which of a rule set's `user_agent` patterns match one user agent: one
+/// scan of their union, done the first time a condition asks (never, when
+/// no rule reaches a `user_agent` condition), instead of one per condition.
+#[derive(Debug)]
+pub struct UserAgentMatches<'a> {
+    union: &'a BytesRegexSet,
+    user_agent: &'a [u8],
+    matched: std::cell::OnceCell<Vec<bool>>,
+}
+
+impl<'a> UserAgentMatches<'a> {
+    /// Nothing scanned yet.
+    pub fn new(union: &'a BytesRegexSet, user_agent: &'a [u8]) -> Self {
+        UserAgentMatches {
+            union,
+            user_agent,
+            matched: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Whether one of the `len` patterns from `first` matched; None when
+    /// they are not in the union.
+    fn any(&self, first: usize, len: usize) -> Option<bool> {
+        let matched = self.matched.get_or_init(|| {
+            let mut matched = vec![false; self.union.len()];
+            self.union.matches_read_at(&mut matched, self.user_agent, 0);
+            matched
+        });
+        Some(matched.get(first..first.checked_add(len)?)?.contains(&true))
+    }
 }
 
 /// The place of a `user_agent` condition not (yet) in a union.
@@ -386,11 +417,10 @@ impl Condition {
                 return facts.recorded.is_none().then_some(false);
             }
             Condition::UserAgent(set, first) => match facts.user_agent {
-                Some(ua) => match input
-                    .user_agent_matches
-                    .and_then(|m| m.get(*first..first.checked_add(set.len())?))
-                {
-                    Some(matched) => matched.contains(&true),
+                Some(ua) => match &input.user_agent_matches {
+                    Some(union) => union
+                        .any(*first, set.len())
+                        .unwrap_or_else(|| set.is_match(ua)),
                     None => set.is_match(ua),
                 },
                 None => return missing(&http::header::USER_AGENT),

@@ -9,7 +9,7 @@ pub mod path;
 use std::sync::Arc;
 
 pub use condition::Condition;
-use condition::Input;
+use condition::{Input, UserAgentMatches};
 
 use crate::facts::Facts;
 use crate::identity::Identity;
@@ -155,30 +155,21 @@ impl RuleSet {
     /// Each rule's result on one request and the condition that decided
     /// it, in order (for `usher explain`).
     pub fn trace(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) -> Vec<Trace> {
-        let normalized = path::normalize(facts.path);
-        let query_decoded = facts.query.and_then(path::decode_query);
-        let input = Input {
-            facts,
-            identity,
-            signals,
-            path: &normalized.path,
-            escaped_root: normalized.escaped_root,
-            query_decoded: query_decoded.as_deref(),
-            user_agent_matches: None,
-        };
-        self.rules
-            .iter()
-            .map(|rule| {
-                let (matched, because) = rule.when.explain(&input);
-                Trace {
-                    name: rule.name.clone(),
-                    mode: rule.mode,
-                    matched,
-                    because,
-                    effect: rule.effect.clone(),
-                }
-            })
-            .collect()
+        self.with_input(facts, identity, signals, true, |input| {
+            self.rules
+                .iter()
+                .map(|rule| {
+                    let (matched, because) = rule.when.explain(input);
+                    Trace {
+                        name: rule.name.clone(),
+                        mode: rule.mode,
+                        matched,
+                        because,
+                        effect: rule.effect.clone(),
+                    }
+                })
+                .collect()
+        })
     }
 
     /// Evaluate every rule against one request.
@@ -187,31 +178,47 @@ impl RuleSet {
         if self.rules.is_empty() {
             return out;
         }
+        self.with_input(facts, identity, signals, self.reads_query, |input| {
+            for rule in &self.rules {
+                if !rule.when.matches(input) {
+                    continue;
+                }
+                if rule.mode == Mode::Shadow {
+                    out.shadow.push(rule.name.clone());
+                    continue;
+                }
+                out.score = out.score.saturating_add(rule.effect.score);
+                out.class = out.class.or(rule.effect.class);
+                out.action = out.action.or(rule.effect.action);
+                out.reasons.push(rule.name.clone());
+            }
+        });
+        out
+    }
+
+    /// Run `f` on what conditions read of one request: the normalised
+    /// path, the decoded query (when `decode_query`), and the user-agent
+    /// union, scanned if and when a condition asks.
+    fn with_input<R>(
+        &self,
+        facts: &Facts<'_>,
+        identity: &Identity,
+        signals: &Signals,
+        decode_query: bool,
+        f: impl FnOnce(&Input<'_, '_>) -> R,
+    ) -> R {
         let normalized = path::normalize(facts.path);
-        let query_decoded = if self.reads_query {
+        let query_decoded = if decode_query {
             facts.query.and_then(path::decode_query)
         } else {
             None
         };
-        // Which user-agent patterns match, in one scan (on the stack for
-        // any likely number of patterns).
-        let mut stack = [false; 256];
-        let mut heap = Vec::new();
-        let user_agent_matches = match (&self.user_agents, facts.user_agent) {
-            (Some(all), Some(ua)) => {
-                let matched = match stack.get_mut(..all.len()) {
-                    Some(matched) => matched,
-                    None => {
-                        heap.resize(all.len(), false);
-                        &mut heap[..]
-                    }
-                };
-                all.matches_read_at(matched, ua, 0);
-                Some(&*matched)
-            }
-            _ => None,
-        };
-        let input = Input {
+        let user_agent_matches = self
+            .user_agents
+            .as_ref()
+            .zip(facts.user_agent)
+            .map(|(union, ua)| UserAgentMatches::new(union, ua));
+        f(&Input {
             facts,
             identity,
             signals,
@@ -219,21 +226,7 @@ impl RuleSet {
             escaped_root: normalized.escaped_root,
             query_decoded: query_decoded.as_deref(),
             user_agent_matches,
-        };
-        for rule in &self.rules {
-            if !rule.when.matches(&input) {
-                continue;
-            }
-            if rule.mode == Mode::Shadow {
-                out.shadow.push(rule.name.clone());
-                continue;
-            }
-            out.score = out.score.saturating_add(rule.effect.score);
-            out.class = out.class.or(rule.effect.class);
-            out.action = out.action.or(rule.effect.action);
-            out.reasons.push(rule.name.clone());
-        }
-        out
+        })
     }
 }
 
@@ -292,7 +285,16 @@ mod tests {
             "",
             "-",
         ];
-        for agent in agents {
+        // Huge ones: a bot token past the first 64 KiB, and none at all.
+        let huge = [
+            format!("{}curl/8", "é".repeat(32 * 1024)),
+            "A".repeat(100_000),
+        ];
+        for agent in agents
+            .iter()
+            .copied()
+            .chain(huge.iter().map(String::as_str))
+        {
             for path in ["/", "/wp-login.php", "/.env", "/products/7?q=1"] {
                 let req = http::Request::get(path)
                     .header("user-agent", agent)
