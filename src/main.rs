@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// mimalloc's thread-local free lists suit a proxy that allocates and frees
+// small buffers on every request (benches/README.md has the figures).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     usher::cli::run(usher::cli::Cli::parse())
 }
