@@ -55,6 +55,8 @@ import urllib.request
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "stdin": subprocess.DEVNULL}
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The binary under test; USHER=path compares another build.
+USHER = os.environ.get("USHER", os.path.join(REPO, "target/release/usher"))
 
 # The user-agent patterns a typical nginx/HAProxy bot filter carries: tools,
 # libraries, scanners, headless browsers and crawlers. 50 of them.
@@ -222,7 +224,7 @@ file = "{keys_file}"
 """)
     env = dict(os.environ, USHER_BENCH_SECRET=SECRET, RUST_LOG="warn")
     proc = subprocess.Popen(
-        [os.path.join(REPO, "target/release/usher"), "serve", "--config", conf,
+        [USHER, "serve", "--config", conf,
          "--workers", str(workers)],
         env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "usher.err"), "a"),
     )

@@ -29,4 +29,5 @@ pub mod rules;
 pub mod server;
 pub mod signals;
 pub mod state;
+pub mod user_agents;
 pub mod verdict;

@@ -8,10 +8,9 @@ pub mod dns;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use regex::bytes::RegexSet;
-
 use crate::config::CrawlersConfig;
 use crate::rules::netset::NetSet;
+use crate::user_agents::AgentSet;
 use dns::ReverseDns;
 
 /// One crawler, as a rule file defines it.
@@ -29,7 +28,7 @@ pub struct Crawler {
 #[derive(Debug, Default)]
 pub struct Definitions {
     /// Every crawler's user-agent patterns, in definition order.
-    pub agents: Option<RegexSet>,
+    pub agents: Option<AgentSet>,
     /// The crawler (index into `list`) each pattern belongs to.
     pub owner: Vec<u16>,
     /// The crawlers.
@@ -181,7 +180,7 @@ impl Crawlers {
     /// The crawler a user agent claims, if any (the first defined).
     fn claimed(&self, user_agent: Option<&[u8]>) -> Option<u16> {
         let (agents, ua) = (self.defs.agents.as_ref()?, user_agent?);
-        let first = agents.matches(ua).into_iter().next()?;
+        let first = agents.matches(ua).first()?;
         self.defs.owner.get(first).copied()
     }
 
@@ -246,7 +245,9 @@ mod tests {
 
     fn crawlers(rdns: &[&str]) -> Crawlers {
         let defs = Definitions {
-            agents: Some(RegexSet::new(["Googlebot", "(?i)bingbot"]).unwrap()),
+            agents: Some(AgentSet::new(
+                regex::bytes::RegexSet::new(["Googlebot", "(?i)bingbot"]).unwrap(),
+            )),
             owner: vec![0, 1],
             list: vec![
                 Crawler {

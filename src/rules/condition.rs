@@ -11,6 +11,7 @@ use super::netset::NetSet;
 use crate::facts::Facts;
 use crate::identity::Identity;
 use crate::signals::Signals;
+use crate::user_agents::{AgentSet, Matched};
 use crate::verdict::Class;
 
 /// The kind of identity a request has.
@@ -272,14 +273,14 @@ pub struct Input<'a, 'f> {
 /// no rule reaches a `user_agent` condition), instead of one per condition.
 #[derive(Debug)]
 pub struct UserAgentMatches<'a> {
-    union: &'a BytesRegexSet,
+    union: &'a AgentSet,
     user_agent: &'a [u8],
-    matched: std::cell::OnceCell<Vec<bool>>,
+    matched: std::cell::OnceCell<Matched>,
 }
 
 impl<'a> UserAgentMatches<'a> {
     /// Nothing scanned yet.
-    pub fn new(union: &'a BytesRegexSet, user_agent: &'a [u8]) -> Self {
+    pub fn new(union: &'a AgentSet, user_agent: &'a [u8]) -> Self {
         UserAgentMatches {
             union,
             user_agent,
@@ -290,12 +291,13 @@ impl<'a> UserAgentMatches<'a> {
     /// Whether one of the `len` patterns from `first` matched; None when
     /// they are not in the union.
     fn any(&self, first: usize, len: usize) -> Option<bool> {
-        let matched = self.matched.get_or_init(|| {
-            let mut matched = vec![false; self.union.len()];
-            self.union.matches_read_at(&mut matched, self.user_agent, 0);
-            matched
-        });
-        Some(matched.get(first..first.checked_add(len)?)?.contains(&true))
+        let end = first
+            .checked_add(len)
+            .filter(|&end| end <= self.union.len())?;
+        let matched = self
+            .matched
+            .get_or_init(|| self.union.matches(self.user_agent));
+        Some(matched.any(first..end))
     }
 }
 

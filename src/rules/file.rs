@@ -635,7 +635,7 @@ impl Loader {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
             {
-                Ok(set) => self.crawlers.agents = Some(set),
+                Ok(set) => self.crawlers.agents = Some(crate::user_agents::AgentSet::new(set)),
                 Err(e) => self.diagnostics.push(Diagnostic::file_error(
                     base.display().to_string(),
                     format!("crawler user agents: {e}"),

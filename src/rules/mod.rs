@@ -14,6 +14,7 @@ use condition::{Input, UserAgentMatches};
 use crate::facts::Facts;
 use crate::identity::Identity;
 use crate::signals::Signals;
+use crate::user_agents::AgentSet;
 use crate::verdict::{Action, Class};
 
 /// Whether a rule acts or only reports.
@@ -92,7 +93,7 @@ pub struct RuleSet {
     reads_query: bool,
     /// Every `user_agent` pattern of every rule, as one set: when it does
     /// not match (most people's browsers), no `user_agent` condition can.
-    user_agents: Option<regex::bytes::RegexSet>,
+    user_agents: Option<Arc<AgentSet>>,
 }
 
 impl Default for RuleSet {
@@ -235,7 +236,7 @@ impl RuleSet {
 /// classes) so it matches exactly as they do. None when fewer than two
 /// conditions would share it, or it is too big to build (each condition
 /// then scans for itself).
-fn user_agent_union(rules: &mut [Rule]) -> Option<regex::bytes::RegexSet> {
+fn user_agent_union(rules: &mut [Rule]) -> Option<Arc<AgentSet>> {
     let mut patterns = Vec::new();
     let mut conditions = 0;
     for rule in rules {
@@ -251,6 +252,7 @@ fn user_agent_union(rules: &mut [Rule]) -> Option<regex::bytes::RegexSet> {
         .size_limit(64 << 20)
         .build()
         .ok()
+        .map(|set| Arc::new(AgentSet::new(set)))
 }
 
 #[cfg(test)]
