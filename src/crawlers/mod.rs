@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::config::CrawlersConfig;
+use crate::memo_set::MemoSet;
 use crate::rules::netset::NetSet;
-use crate::user_agents::AgentSet;
 use dns::ReverseDns;
 
 /// One crawler, as a rule file defines it.
@@ -28,7 +28,7 @@ pub struct Crawler {
 #[derive(Debug, Default)]
 pub struct Definitions {
     /// Every crawler's user-agent patterns, in definition order.
-    pub agents: Option<AgentSet>,
+    pub agents: Option<MemoSet>,
     /// The crawler (index into `list`) each pattern belongs to.
     pub owner: Vec<u16>,
     /// The crawlers.
@@ -245,7 +245,7 @@ mod tests {
 
     fn crawlers(rdns: &[&str]) -> Crawlers {
         let defs = Definitions {
-            agents: Some(AgentSet::new(
+            agents: Some(MemoSet::new(
                 regex::bytes::RegexSet::new(["Googlebot", "(?i)bingbot"]).unwrap(),
             )),
             owner: vec![0, 1],

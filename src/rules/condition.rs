@@ -10,8 +10,8 @@ use regex::bytes::{Regex as BytesRegex, RegexSet as BytesRegexSet};
 use super::netset::NetSet;
 use crate::facts::Facts;
 use crate::identity::Identity;
+use crate::memo_set::{Matched, MemoSet};
 use crate::signals::Signals;
-use crate::user_agents::{AgentSet, Matched};
 use crate::verdict::Class;
 
 /// The kind of identity a request has.
@@ -210,8 +210,10 @@ pub enum Condition {
     Method(Vec<Method>),
     /// The normalised path starts with one of these.
     PathPrefix(Vec<String>),
-    /// The normalised path matches one of these regexes.
-    Path(RegexSet),
+    /// The normalised path matches one of these regexes; the index is
+    /// where they start in the rule set's union of every `path` pattern
+    /// ([`NOT_IN_UNION`] until the rule set places them).
+    Path(RegexSet, usize),
     /// The path climbs above the root (`..` past `/`), as no browser sends.
     PathEscapesRoot,
     /// The query string, raw or percent-decoded, matches one of these.
@@ -265,25 +267,37 @@ pub struct Input<'a, 'f> {
     pub query_decoded: Option<&'a [u8]>,
     /// The rule set's union of every `user_agent` pattern against this
     /// user agent. None: each condition scans for itself.
-    pub user_agent_matches: Option<UserAgentMatches<'a>>,
+    pub user_agent_matches: Option<UnionMatches<'a>>,
+    /// The rule set's union of every `path` pattern against the
+    /// normalised path. None: each condition scans for itself.
+    pub path_matches: Option<UnionMatches<'a>>,
 }
 
-/// Which of a rule set's `user_agent` patterns match one user agent: one
-/// scan of their union, done the first time a condition asks (never, when
-/// no rule reaches a `user_agent` condition), instead of one per condition.
+/// Which conditions' patterns share a union.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnionOf {
+    /// `user_agent` conditions.
+    UserAgent,
+    /// `path` conditions.
+    Path,
+}
+
+/// Which of a rule set's patterns of one kind match one request: one scan
+/// of their union, done the first time a condition asks (never, when no
+/// rule reaches such a condition), instead of one per condition.
 #[derive(Debug)]
-pub struct UserAgentMatches<'a> {
-    union: &'a AgentSet,
-    user_agent: &'a [u8],
+pub struct UnionMatches<'a> {
+    union: &'a MemoSet,
+    subject: &'a [u8],
     matched: std::cell::OnceCell<Matched>,
 }
 
-impl<'a> UserAgentMatches<'a> {
+impl<'a> UnionMatches<'a> {
     /// Nothing scanned yet.
-    pub fn new(union: &'a AgentSet, user_agent: &'a [u8]) -> Self {
-        UserAgentMatches {
+    pub fn new(union: &'a MemoSet, subject: &'a [u8]) -> Self {
+        UnionMatches {
             union,
-            user_agent,
+            subject,
             matched: std::cell::OnceCell::new(),
         }
     }
@@ -296,29 +310,30 @@ impl<'a> UserAgentMatches<'a> {
             .filter(|&end| end <= self.union.len())?;
         let matched = self
             .matched
-            .get_or_init(|| self.union.matches(self.user_agent));
+            .get_or_init(|| self.union.matches(self.subject));
         Some(matched.any(first..end))
     }
 }
 
-/// The place of a `user_agent` condition not (yet) in a union.
+/// The place of a `user_agent` or `path` condition not (yet) in a union.
 pub const NOT_IN_UNION: usize = usize::MAX;
 
 impl Condition {
-    /// Append the patterns of every `user_agent` condition (nested ones
+    /// Append the patterns of every condition of kind `of` (nested ones
     /// included) to `union`, each condition noting where its own start.
-    pub fn place_user_agents(&mut self, union: &mut Vec<String>) {
-        match self {
-            Condition::UserAgent(set, first) => {
-                *first = union.len();
-                union.extend(set.patterns().iter().cloned());
+    pub fn place_in_union(&mut self, of: UnionOf, union: &mut Vec<String>) {
+        let (patterns, first) = match (self, of) {
+            (Condition::UserAgent(set, first), UnionOf::UserAgent) => (set.patterns(), first),
+            (Condition::Path(set, first), UnionOf::Path) => (set.patterns(), first),
+            (Condition::All(list) | Condition::Any(list), _) => {
+                list.iter_mut().for_each(|c| c.place_in_union(of, union));
+                return;
             }
-            Condition::All(list) | Condition::Any(list) => {
-                list.iter_mut().for_each(|c| c.place_user_agents(union));
-            }
-            Condition::Not(c) => c.place_user_agents(union),
-            _ => {}
-        }
+            (Condition::Not(c), _) => return c.place_in_union(of, union),
+            _ => return,
+        };
+        *first = union.len();
+        union.extend(patterns.iter().cloned());
     }
 
     /// Whether the condition (or one nested in it) reads the query, so the
@@ -372,7 +387,12 @@ impl Condition {
             Condition::PathPrefix(prefixes) => {
                 prefixes.iter().any(|p| input.path.starts_with(p.as_str()))
             }
-            Condition::Path(set) => set.is_match(input.path),
+            Condition::Path(set, first) => match &input.path_matches {
+                Some(union) => union
+                    .any(*first, set.len())
+                    .unwrap_or_else(|| set.is_match(input.path)),
+                None => set.is_match(input.path),
+            },
             Condition::PathEscapesRoot => input.escaped_root,
             Condition::Query(set) => {
                 facts.query.is_some_and(|q| set.is_match(q.as_bytes()))
@@ -386,14 +406,12 @@ impl Condition {
                 None => return missing(&http::header::HOST),
             },
             Condition::HeaderPresent(names) => {
-                let absent: Vec<&HeaderName> = names
-                    .iter()
-                    .filter(|n| !facts.headers.contains_key(*n))
-                    .collect();
-                if absent.iter().any(|n| unrecorded(n)) {
-                    return None;
+                let mut absent = names.iter().filter(|n| !facts.headers.contains_key(*n));
+                match absent.next() {
+                    None => true,
+                    Some(first) if unrecorded(first) || absent.any(unrecorded) => return None,
+                    Some(_) => false,
                 }
-                absent.is_empty()
             }
             Condition::HeaderAbsent(names) => {
                 if names.iter().any(|n| facts.headers.contains_key(n)) {
@@ -523,7 +541,7 @@ impl Condition {
                 quoted(p),
                 input.path
             ),
-            Condition::Path(set) => match set.matches(input.path).iter().next() {
+            Condition::Path(set, _) => match set.matches(input.path).iter().next() {
                 Some(i) => format!("path matches '{}'", set.patterns()[i]),
                 None => format!("path matches one of {}", quoted(set.patterns())),
             },

@@ -635,7 +635,7 @@ impl Loader {
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
             {
-                Ok(set) => self.crawlers.agents = Some(crate::user_agents::AgentSet::new(set)),
+                Ok(set) => self.crawlers.agents = Some(crate::memo_set::MemoSet::new(set)),
                 Err(e) => self.diagnostics.push(Diagnostic::file_error(
                     base.display().to_string(),
                     format!("crawler user agents: {e}"),
@@ -958,7 +958,10 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
     }
     if let Some(v) = when.path {
         let (span, list) = checked_patterns(v, false, notes)?;
-        all.push(Condition::Path(regex_set(&list, span)?));
+        all.push(Condition::Path(
+            regex_set(&list, span)?,
+            super::condition::NOT_IN_UNION,
+        ));
     }
     if let Some(v) = when.path_prefix {
         let (span, list) = strings(v)?;

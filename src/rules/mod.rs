@@ -9,12 +9,12 @@ pub mod path;
 use std::sync::Arc;
 
 pub use condition::Condition;
-use condition::{Input, UserAgentMatches};
+use condition::{Input, UnionMatches, UnionOf};
 
 use crate::facts::Facts;
 use crate::identity::Identity;
+use crate::memo_set::MemoSet;
 use crate::signals::Signals;
-use crate::user_agents::AgentSet;
 use crate::verdict::{Action, Class};
 
 /// Whether a rule acts or only reports.
@@ -93,7 +93,9 @@ pub struct RuleSet {
     reads_query: bool,
     /// Every `user_agent` pattern of every rule, as one set: when it does
     /// not match (most people's browsers), no `user_agent` condition can.
-    user_agents: Option<Arc<AgentSet>>,
+    user_agents: Option<Arc<MemoSet>>,
+    /// Every `path` pattern of every rule, as one set.
+    paths: Option<Arc<MemoSet>>,
 }
 
 impl Default for RuleSet {
@@ -110,7 +112,8 @@ impl RuleSet {
     pub fn new(mut rules: Vec<Rule>, bot_threshold: i32) -> Self {
         RuleSet {
             reads_query: rules.iter().any(|r| r.when.reads_query()),
-            user_agents: user_agent_union(&mut rules),
+            user_agents: union(&mut rules, UnionOf::UserAgent),
+            paths: union(&mut rules, UnionOf::Path),
             rules,
             bot_threshold,
             class_actions: [Action::Forward; Class::ALL.len()],
@@ -218,7 +221,11 @@ impl RuleSet {
             .user_agents
             .as_ref()
             .zip(facts.user_agent)
-            .map(|(union, ua)| UserAgentMatches::new(union, ua));
+            .map(|(union, ua)| UnionMatches::new(union, ua));
+        let path_matches = self
+            .paths
+            .as_ref()
+            .map(|union| UnionMatches::new(union, normalized.path.as_bytes()));
         f(&Input {
             facts,
             identity,
@@ -227,32 +234,33 @@ impl RuleSet {
             escaped_root: normalized.escaped_root,
             query_decoded: query_decoded.as_deref(),
             user_agent_matches,
+            path_matches,
         })
     }
 }
 
-/// One set of every `user_agent` pattern of `rules`, each condition told
+/// One set of every pattern of `rules`' conditions of kind `of`, each told
 /// where its patterns start, built as each condition's own set is (ASCII
-/// classes) so it matches exactly as they do. None when fewer than two
-/// conditions would share it, or it is too big to build (each condition
-/// then scans for itself).
-fn user_agent_union(rules: &mut [Rule]) -> Option<Arc<AgentSet>> {
+/// classes for user agents, Unicode for paths) so it matches exactly as
+/// they do. None when fewer than two conditions would share it, or it is
+/// too big to build (each condition then scans for itself).
+fn union(rules: &mut [Rule], of: UnionOf) -> Option<Arc<MemoSet>> {
     let mut patterns = Vec::new();
     let mut conditions = 0;
     for rule in rules {
         let before = patterns.len();
-        rule.when.place_user_agents(&mut patterns);
+        rule.when.place_in_union(of, &mut patterns);
         conditions += usize::from(patterns.len() > before);
     }
     if conditions < 2 {
         return None;
     }
     regex::bytes::RegexSetBuilder::new(&patterns)
-        .unicode(false)
+        .unicode(of == UnionOf::Path)
         .size_limit(64 << 20)
         .build()
         .ok()
-        .map(|set| Arc::new(AgentSet::new(set)))
+        .map(|set| Arc::new(MemoSet::new(set)))
 }
 
 #[cfg(test)]
@@ -261,18 +269,18 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     #[test]
-    fn the_user_agent_union_never_changes_an_outcome() {
+    fn the_unions_never_change_an_outcome() {
         let mut config =
             crate::config::Config::parse("rules = [\"rules/*.toml\"]", "test").expect("config");
         config.origin.dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let classifier = crate::classify::Classifier::from_config(&config).expect("rules");
         let with = classifier.rules();
         assert!(
-            with.user_agents.is_some(),
-            "the shipped rules share a union"
+            with.user_agents.is_some() && with.paths.is_some(),
+            "the shipped rules share unions"
         );
         let mut without = RuleSet::new(with.rules().to_vec(), with.bot_threshold());
-        without.user_agents = None;
+        (without.user_agents, without.paths) = (None, None);
 
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
         let agents = [
@@ -297,7 +305,19 @@ mod tests {
             .copied()
             .chain(huge.iter().map(String::as_str))
         {
-            for path in ["/", "/wp-login.php", "/.env", "/products/7?q=1"] {
+            for path in [
+                "/",
+                "/wp-login.php",
+                "/.env",
+                "/products/7?q=1",
+                "/PhpMyAdmin/index.php",
+                "/a/../../etc/passwd",
+                "/%2e%2e/%2e%2e/etc/shadow",
+                "/uploads/shell.php",
+                "/user/LOGIN",
+                "/caf%C3%A9/%E9t%E9",
+                "/api/v1/sign-in.json",
+            ] {
                 let req = http::Request::get(path)
                     .header("user-agent", agent)
                     .header("accept-language", "en")

@@ -1,5 +1,5 @@
-//! Pattern sets over user agents that remember their answers. Real traffic
-//! repeats a few thousand user agents, so each distinct one is scanned by
+//! Regex sets that remember their answers. Real traffic repeats a few
+//! thousand user agents and hot paths, so each distinct one is scanned by
 //! the whole set once and the result kept in a bounded table; later
 //! requests pay a hash and a compare instead of a scan of every pattern.
 
@@ -9,34 +9,34 @@ use std::sync::{Arc, Mutex};
 
 use regex::bytes::RegexSet;
 
-/// Remembered user agents per set, at most (a direct-mapped table: a new
-/// agent replaces whichever one shared its slot).
+/// Remembered subjects per set, at most (a direct-mapped table: a new
+/// subject replaces whichever one shared its slot).
 const SLOTS: usize = 4096;
 
-/// Longer user agents are scanned every time rather than remembered, so
-/// the table stays small (browsers' agents are under 300 bytes).
+/// Longer subjects are scanned every time rather than remembered, so the
+/// table stays small (browsers' user agents are under 300 bytes).
 const MAX_REMEMBERED: usize = 512;
 
-/// A regex set over user agents with a bounded memory of its answers.
-pub struct AgentSet {
+/// A regex set with a bounded memory of its answers.
+pub struct MemoSet {
     set: RegexSet,
     slots: Box<[Mutex<Option<Slot>>]>,
     hasher: foldhash::fast::RandomState,
 }
 
 struct Slot {
-    agent: Box<[u8]>,
+    subject: Box<[u8]>,
     matched: Matched,
 }
 
-/// Which patterns of a set matched one user agent.
+/// Which patterns of a set matched one subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Matched(Arc<[u64]>);
 
 impl Matched {
-    fn new(set: &RegexSet, agent: &[u8]) -> Self {
+    fn new(set: &RegexSet, subject: &[u8]) -> Self {
         let mut bits = vec![0u64; set.len().div_ceil(64)];
-        for i in set.matches(agent).iter() {
+        for i in set.matches(subject).iter() {
             bits[i / 64] |= 1 << (i % 64);
         }
         Matched(bits.into())
@@ -64,10 +64,10 @@ impl Matched {
     }
 }
 
-impl AgentSet {
+impl MemoSet {
     /// Remember the answers of `set`.
     pub fn new(set: RegexSet) -> Self {
-        AgentSet {
+        MemoSet {
             set,
             slots: (0..SLOTS).map(|_| Mutex::new(None)).collect(),
             hasher: foldhash::fast::RandomState::default(),
@@ -89,25 +89,26 @@ impl AgentSet {
         self.set.is_empty()
     }
 
-    /// Which patterns match `agent`: remembered, or scanned and remembered.
-    pub fn matches(&self, agent: &[u8]) -> Matched {
-        if agent.len() > MAX_REMEMBERED {
-            return Matched::new(&self.set, agent);
+    /// Which patterns match `subject`: remembered, or scanned and
+    /// remembered.
+    pub fn matches(&self, subject: &[u8]) -> Matched {
+        if subject.len() > MAX_REMEMBERED {
+            return Matched::new(&self.set, subject);
         }
-        let slot = &self.slots[self.hasher.hash_one(agent) as usize % SLOTS];
+        let slot = &self.slots[self.hasher.hash_one(subject) as usize % SLOTS];
         // A poisoned slot (a panic elsewhere while it was held) is only a
         // cache: scan instead.
         if let Ok(slot) = slot.lock()
-            && let Some(hit) = slot.as_ref().filter(|s| *s.agent == *agent)
+            && let Some(hit) = slot.as_ref().filter(|s| *s.subject == *subject)
         {
             return hit.matched.clone();
         }
         // Scanned without the lock held, so a slow scan never blocks the
-        // other requests whose agents share the slot.
-        let matched = Matched::new(&self.set, agent);
+        // other requests whose subjects share the slot.
+        let matched = Matched::new(&self.set, subject);
         if let Ok(mut slot) = slot.lock() {
             *slot = Some(Slot {
-                agent: agent.into(),
+                subject: subject.into(),
                 matched: matched.clone(),
             });
         }
@@ -115,9 +116,9 @@ impl AgentSet {
     }
 }
 
-impl std::fmt::Debug for AgentSet {
+impl std::fmt::Debug for MemoSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentSet")
+        f.debug_struct("MemoSet")
             .field("patterns", &self.set.len())
             .finish_non_exhaustive()
     }
@@ -127,8 +128,8 @@ impl std::fmt::Debug for AgentSet {
 mod tests {
     use super::*;
 
-    fn set(patterns: &[&str]) -> AgentSet {
-        AgentSet::new(RegexSet::new(patterns).unwrap())
+    fn set(patterns: &[&str]) -> MemoSet {
+        MemoSet::new(RegexSet::new(patterns).unwrap())
     }
 
     #[test]
@@ -155,7 +156,7 @@ mod tests {
     #[test]
     fn ranges_and_first_cover_more_than_one_word() {
         let patterns: Vec<String> = (0..130).map(|i| format!("^p{i}$")).collect();
-        let s = AgentSet::new(RegexSet::new(&patterns).unwrap());
+        let s = MemoSet::new(RegexSet::new(&patterns).unwrap());
         let m = s.matches(b"p129");
         assert_eq!(m.first(), Some(129));
         assert!(m.any(128..130));
@@ -165,7 +166,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_of_distinct_agents_stays_within_the_table() {
+    fn a_flood_of_distinct_subjects_stays_within_the_table() {
         let s = set(&["bot"]);
         for i in 0..(SLOTS * 3) {
             let agent = format!("agent-{i}-bot");
@@ -177,13 +178,13 @@ mod tests {
             .filter(|slot| slot.lock().unwrap().is_some())
             .count();
         assert!(held <= SLOTS);
-        // Colliding agents never answer for each other.
+        // Colliding subjects never answer for each other.
         assert!(!s.matches(b"agent-1").contains(0));
         assert!(s.matches(b"agent-1-bot").contains(0));
     }
 
     #[test]
-    fn long_agents_are_scanned_not_remembered() {
+    fn long_subjects_are_scanned_not_remembered() {
         let s = set(&["bot$"]);
         let long = format!("{}bot", "x".repeat(MAX_REMEMBERED));
         assert!(s.matches(long.as_bytes()).contains(0));
