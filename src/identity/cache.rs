@@ -3,6 +3,9 @@
 //! digest collisions to reason about), bounded in entries; only credentials
 //! that verified are kept.
 
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use dashmap::DashMap;
 
 use super::Identity;
@@ -30,18 +33,32 @@ pub struct Verified {
     pub until: f64,
 }
 
-/// A bounded map from token to verified identity.
+/// A bounded map from token to verified identity. Only tokens whose
+/// signature verified get in, so nobody can choose keys to collide without
+/// the issuer's key: a fast seeded hash is enough.
 #[derive(Debug)]
 pub struct VerifiedCache {
-    map: DashMap<Box<str>, Entry>,
+    map: DashMap<Box<str>, Entry, foldhash::fast::RandomState>,
+    /// Entries, counted on insert and recounted when full (cheaper than
+    /// asking every shard on every insert).
+    entries: AtomicUsize,
+    /// Which eighth of the keys the next eviction takes.
+    victim: AtomicUsize,
     capacity: usize,
 }
+
+/// When a cache full of live tokens must make room, it drops one eighth of
+/// them (picked by hash), not all: a flood of new tokens costs re-checks,
+/// never a cliff where every user's token is verified again at once.
+const EVICT_SHARES: u64 = 8;
 
 impl VerifiedCache {
     /// A cache of at most `capacity` tokens.
     pub fn new(capacity: usize) -> Self {
         VerifiedCache {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
+            entries: AtomicUsize::new(0),
+            victim: AtomicUsize::new(0),
             capacity,
         }
     }
@@ -58,24 +75,34 @@ impl VerifiedCache {
         if verified.until <= now || self.capacity == 0 {
             return;
         }
-        if self.map.len() >= self.capacity {
-            // Make room: expired entries first; if every entry is still
-            // live, start over (a full cache of live tokens is rare and
-            // re-verifying them is only slower, never wrong).
-            self.map.retain(|_, e| e.until > now);
-            if self.map.len() >= self.capacity {
-                self.map.clear();
-            }
+        if self.entries.load(Ordering::Relaxed) >= self.capacity {
+            self.make_room(now);
         }
-        self.map.insert(
-            Box::from(token),
-            Entry {
-                identity: verified.identity.clone(),
-                issuer: verified.issuer,
-                from: verified.from,
-                until: verified.until,
-            },
-        );
+        let entry = Entry {
+            identity: verified.identity.clone(),
+            issuer: verified.issuer,
+            from: verified.from,
+            until: verified.until,
+        };
+        if self.map.insert(Box::from(token), entry).is_none() {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drop expired entries; while still full, drop an eighth of the live
+    /// ones (re-verifying a token is only slower, never wrong).
+    fn make_room(&self, now: f64) {
+        self.map.retain(|_, e| e.until > now);
+        let hasher = self.map.hasher().clone();
+        for _ in 0..EVICT_SHARES {
+            if self.map.len() < self.capacity {
+                break;
+            }
+            let victim = (self.victim.fetch_add(1, Ordering::Relaxed) as u64) % EVICT_SHARES;
+            self.map
+                .retain(|token, _| hasher.hash_one(token) % EVICT_SHARES != victim);
+        }
+        self.entries.store(self.map.len(), Ordering::Relaxed);
     }
 
     /// Tokens cached now.
@@ -141,5 +168,37 @@ mod tests {
             cache.get("t9999", 1.0).is_some(),
             "the newest entry is kept"
         );
+    }
+
+    #[test]
+    fn a_full_cache_of_live_tokens_keeps_most_of_them() {
+        let cache = VerifiedCache::new(800);
+        for i in 0..800 {
+            cache.insert(&format!("t{i}"), &verified("a", 0.0, 1e9), 0.0);
+        }
+        cache.insert("new", &verified("b", 0.0, 1e9), 0.0);
+        let kept = (0..800)
+            .filter(|i| cache.get(&format!("t{i}"), 1.0).is_some())
+            .count();
+        assert!(
+            (500..800).contains(&kept),
+            "an eighth or so made room, not all: {kept}"
+        );
+        assert!(cache.get("new", 1.0).is_some());
+        assert_eq!(cache.len(), kept + 1);
+    }
+
+    #[test]
+    fn expired_tokens_make_room_first() {
+        let cache = VerifiedCache::new(10);
+        for i in 0..5 {
+            cache.insert(&format!("old{i}"), &verified("a", 0.0, 10.0), 0.0);
+        }
+        for i in 0..5 {
+            cache.insert(&format!("live{i}"), &verified("a", 0.0, 1e9), 0.0);
+        }
+        cache.insert("new", &verified("b", 0.0, 1e9), 20.0);
+        assert_eq!(cache.len(), 6, "the five expired went, nothing live did");
+        assert!((0..5).all(|i| cache.get(&format!("live{i}"), 21.0).is_some()));
     }
 }
