@@ -149,6 +149,7 @@ impl Server {
 
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
+            .writev(false)
             .timer(TokioTimer::new())
             .header_read_timeout(config.timeouts.header_read);
         // HTTP/2 peers that stop answering pings are dropped.

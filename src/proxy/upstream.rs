@@ -35,6 +35,7 @@ pub fn client(timeouts: &Timeouts) -> Client {
         .pool_idle_timeout(timeouts.upstream_idle)
         .pool_max_idle_per_host(MAX_IDLE)
         .pool_timer(TokioTimer::new())
+        .http1_writev(false)
         .build(connector)
 }
 
