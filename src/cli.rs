@@ -110,8 +110,9 @@ pub struct ServeArgs {
     /// [default: 127.0.0.1:9090].
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
-    /// Worker threads [default: one per CPU]; 1 runs everything on one
-    /// thread, which is the cheapest way to serve from one core.
+    /// Worker threads [default: one per CPU], each serving its share of
+    /// the client connections with a runtime and upstream connection pool
+    /// of its own; with 1, one thread does everything.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
 }
@@ -345,21 +346,23 @@ fn serve(args: ServeArgs) -> Result<(), CliError> {
         tracing::warn!("{warning}");
     }
     // One worker: everything on this thread, with no cross-thread wake-ups.
-    // More: the accept loop runs on a worker too, not on this thread.
-    let mut runtime = match args.workers {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(workers) => {
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            runtime.worker_threads(usize::from(workers));
-            runtime
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime.enable_all().build().map_err(CliError::Runtime)?;
+    // More: this thread accepts and answers the admin port; each worker
+    // thread serves its share of the connections on a runtime of its own.
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
     let source = Source::new(args.config.clone(), move || serve_config(&args));
     runtime.block_on(async {
         let server = Server::bind(config, classifier).await?;
-        let run = server.with_reload(source).run(shutdown_signal());
+        let run = server
+            .with_reload(source)
+            .with_workers(workers)
+            .run(shutdown_signal());
         match tokio::spawn(run).await {
             Ok(()) => Ok(()),
             Err(e) => std::panic::resume_unwind(e.into_panic()),

@@ -31,3 +31,4 @@ pub mod server;
 pub mod signals;
 pub mod state;
 pub mod verdict;
+pub mod workers;

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use prometheus::IntGauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -22,6 +20,7 @@ use crate::config::{AccessLog as AccessLogMode, Config};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, Settings, upstream};
 use crate::reload;
+use crate::workers::{Serve, Workers};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +53,7 @@ pub struct Server {
     access_log: AccessLog,
     config: Config,
     reload: Option<reload::Source>,
+    workers: usize,
 }
 
 impl Server {
@@ -69,7 +69,6 @@ impl Server {
         };
         let proxy = Arc::new(Proxy::new(
             Settings::new(&config, classifier),
-            upstream::client(&config.timeouts),
             metrics.clone(),
             access_log.clone(),
         ));
@@ -82,6 +81,7 @@ impl Server {
             access_log,
             config,
             reload: None,
+            workers: 1,
         })
     }
 
@@ -90,6 +90,15 @@ impl Server {
     /// configuration is fixed and `POST /reload` answers 503.
     pub fn with_reload(mut self, source: reload::Source) -> Self {
         self.reload = Some(source);
+        self
+    }
+
+    /// Serve connections on `workers` threads of their own (each with its
+    /// own one-thread runtime and upstream pool), the runtime that calls
+    /// [`Server::run`] only accepting them. With one (the default), that
+    /// runtime serves them itself.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
         self
     }
 
@@ -122,6 +131,7 @@ impl Server {
             access_log,
             config,
             reload,
+            workers,
         } = self;
         let reload = reload
             .map(|source| reload::start(source, config.clone(), proxy.clone(), metrics.clone()));
@@ -157,14 +167,32 @@ impl Server {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(H2_PING_INTERVAL))
             .keep_alive_timeout(H2_PING_INTERVAL);
-        let first_request = config.timeouts.header_read;
-        let graceful = GracefulShutdown::new();
+        let serve = || Serve {
+            proxy: proxy.clone(),
+            client: Arc::new(upstream::client(&config.timeouts)),
+            http: http.clone(),
+            metrics: metrics.clone(),
+            first_request: config.timeouts.header_read,
+        };
+        let grace = config.timeouts.shutdown;
+        let mut accepting = if workers > 1 {
+            match Workers::start(workers, serve, grace) {
+                Ok(workers) => Accepting::Workers(workers),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start worker threads; serving on one");
+                    Accepting::Here(Box::new(serve()), GracefulShutdown::new())
+                }
+            }
+        } else {
+            Accepting::Here(Box::new(serve()), GracefulShutdown::new())
+        };
 
         ready.store(true, Ordering::Relaxed);
         tracing::info!(
             proxy = %listener.local_addr().unwrap_or(config.listen),
             admin = %admin_addr,
             upstream = %config.upstream,
+            workers,
             "listening"
         );
         tokio::pin!(shutdown);
@@ -182,55 +210,31 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
-            let _ = stream.set_nodelay(true);
-            let proxy = proxy.clone();
-            let started = Arc::new(AtomicBool::new(false));
-            let seen = started.clone();
-            let service = service_fn(move |req| {
-                seen.store(true, Ordering::Relaxed);
-                proxy.clone().handle(req, peer)
-            });
-            let conn = http
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            let active = ActiveGuard::new(&metrics.connections_active);
-            tokio::spawn(async move {
-                // A connection must bring a first request within
-                // `header_read`, whatever the protocol: this covers silent
-                // sockets and a stalled HTTP/2 preface or protocol sniff,
-                // which hyper's own header timeout does not.
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = &mut conn => result,
-                    () = tokio::time::sleep(first_request) => {
-                        if !started.load(Ordering::Relaxed) {
-                            tracing::debug!(%peer, "no request within header_read; closing");
-                            return;
-                        }
-                        conn.await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, %peer, "client connection ended with an error");
-                }
-                drop(active);
-            });
+            match &mut accepting {
+                Accepting::Here(serve, graceful) => serve.connection(stream, peer, graceful),
+                Accepting::Workers(workers) => workers.hand(stream, peer).await,
+            }
         }
 
         ready.store(false, Ordering::Relaxed);
         drop(listener);
-        let grace = config.timeouts.shutdown;
         tracing::info!(
             ?grace,
             "shutting down: no new connections, draining in-flight requests"
         );
-        match tokio::time::timeout(grace, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("all connections drained"),
-            Err(_) => tracing::warn!(
+        let drained = match accepting {
+            Accepting::Here(_, graceful) => tokio::time::timeout(grace, graceful.shutdown())
+                .await
+                .is_ok(),
+            Accepting::Workers(workers) => workers.drain().await,
+        };
+        if drained {
+            tracing::info!("all connections drained");
+        } else {
+            tracing::warn!(
                 open = metrics.connections_active.get(),
                 "shutdown deadline passed with connections still open"
-            ),
+            );
         }
         sweeper.abort();
         access_log.flush(Duration::from_secs(2));
@@ -279,18 +283,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 /// to answer.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 
-/// Keeps `usher_connections_active` right even if a task panics.
-struct ActiveGuard(IntGauge);
-
-impl ActiveGuard {
-    fn new(gauge: &IntGauge) -> Self {
-        gauge.inc();
-        ActiveGuard(gauge.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
+/// Who serves accepted connections.
+enum Accepting {
+    /// This runtime, draining with this handle.
+    Here(Box<Serve>, GracefulShutdown),
+    /// Worker threads.
+    Workers(Workers),
 }

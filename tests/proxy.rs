@@ -391,33 +391,51 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
         Response::new(full("finished"))
     })
     .await;
-    let mut usher = Usher::start(&config(&up, "[timeouts]\nheader_read = \"1s\""));
-    // An idle client that never sends a request must not hold up the exit.
-    let _silent = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
-    let url = usher.url("/slow");
-    let in_flight = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    usher.signal(libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        tokio::net::TcpStream::connect(usher.proxy).await.is_err(),
-        "no new connections once draining"
-    );
-    let (status, body) = in_flight.await.unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(body, "finished");
-    let exit = usher
-        .wait(Duration::from_secs(10))
-        .expect("usher exits after draining");
-    assert!(exit.success(), "{exit:?}");
-    let log = usher.access_log();
-    assert_eq!(log.len(), 1, "the drained request was logged before exit");
-    assert_eq!(log[0]["status"], 200);
-    assert!(
-        usher.stderr().contains("all connections drained"),
-        "{}",
-        usher.stderr()
-    );
+    // Served by the accepting thread, and by worker threads (connections
+    // are dealt round robin, so four land on every one of three).
+    for (workers, requests) in [("1", 1), ("3", 4)] {
+        let mut usher = Usher::start_args(
+            &config(&up, "[timeouts]\nheader_read = \"1s\""),
+            &["--workers", workers],
+        );
+        // An idle client that never sends a request must not hold up the
+        // exit.
+        let _silent = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
+        let in_flight: Vec<_> = (0..requests)
+            .map(|i| {
+                let url = usher.url(&format!("/slow/{i}"));
+                tokio::spawn(async move { get(&url).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        usher.signal(libc::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            tokio::net::TcpStream::connect(usher.proxy).await.is_err(),
+            "no new connections once draining"
+        );
+        for request in in_flight {
+            let (status, body) = request.await.unwrap();
+            assert_eq!(status, 200, "{workers} workers");
+            assert_eq!(body, "finished");
+        }
+        let exit = usher
+            .wait(Duration::from_secs(10))
+            .expect("usher exits after draining");
+        assert!(exit.success(), "{exit:?}");
+        let log = usher.access_log();
+        assert_eq!(
+            log.len(),
+            requests,
+            "the drained requests were logged before exit"
+        );
+        assert!(log.iter().all(|line| line["status"] == 200));
+        assert!(
+            usher.stderr().contains("all connections drained"),
+            "{}",
+            usher.stderr()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -487,16 +505,24 @@ async fn admin_endpoints_and_metrics_by_class() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_connections_are_pooled_and_reused() {
-    let up = upstream(echo).await;
-    let usher = Usher::start(&config(&up, "access_log = \"off\""));
-    for _ in 0..20 {
-        assert_eq!(get(&usher.url("/")).await.0, 200);
+    use std::sync::atomic::Ordering::SeqCst;
+    // Each worker keeps a pool of its own: sequential requests share one
+    // upstream connection per worker.
+    for workers in [1, 3] {
+        let up = upstream(echo).await;
+        let usher = Usher::start_args(
+            &config(&up, "access_log = \"off\""),
+            &["--workers", &workers.to_string()],
+        );
+        for _ in 0..20 {
+            assert_eq!(get(&usher.url("/")).await.0, 200);
+        }
+        assert_eq!(
+            up.connections.load(SeqCst),
+            workers,
+            "20 sequential requests over {workers} workers"
+        );
     }
-    let opened = up.connections.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(
-        opened, 1,
-        "20 sequential requests should share one upstream connection"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

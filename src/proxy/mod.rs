@@ -59,11 +59,12 @@ impl Settings {
     }
 }
 
-/// The reverse proxy shared by every connection.
+/// The reverse proxy shared by every connection. The upstream connection
+/// pool is not part of it: each worker thread brings its own, so a request
+/// never waits on a connection driven by another thread.
 #[derive(Debug)]
 pub struct Proxy {
     settings: ArcSwap<Settings>,
-    client: upstream::Client,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
     tarpit: tokio::sync::Semaphore,
@@ -73,16 +74,10 @@ pub struct Proxy {
 pub const TARPIT_CAPACITY: usize = 256;
 
 impl Proxy {
-    /// A proxy over an upstream connection pool.
-    pub fn new(
-        settings: Settings,
-        client: upstream::Client,
-        metrics: Arc<Metrics>,
-        access_log: AccessLog,
-    ) -> Self {
+    /// A proxy with these settings.
+    pub fn new(settings: Settings, metrics: Arc<Metrics>, access_log: AccessLog) -> Self {
         Proxy {
             settings: ArcSwap::from_pointee(settings),
-            client,
             metrics,
             access_log,
             tarpit: tokio::sync::Semaphore::new(TARPIT_CAPACITY),
@@ -99,11 +94,13 @@ impl Proxy {
         self.settings.store(Arc::new(settings));
     }
 
-    /// Serve one request from a client at `peer`.
+    /// Serve one request from a client at `peer`, through the calling
+    /// worker's upstream pool.
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        client: Arc<upstream::Client>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let settings = self.settings.load_full();
@@ -238,20 +235,19 @@ impl Proxy {
         // Send.
         let sent = Instant::now();
         let request = Request::from_parts(parts, body);
-        let mut response =
-            match upstream::send(&self.client, request, settings.response_timeout).await {
-                Ok(response) => response,
-                Err(SendError::Upstream(kind)) => return Ok(self.upstream_failed(kind, done)),
-                Err(SendError::ClientAborted) => {
-                    self.metrics.client_aborts.inc();
-                    done.error = Some(Failure::ClientAborted);
-                    return Ok(local(
-                        StatusCode::BAD_REQUEST,
-                        br#"{"error":"bad_request"}"#,
-                        done,
-                    ));
-                }
-            };
+        let mut response = match upstream::send(&client, request, settings.response_timeout).await {
+            Ok(response) => response,
+            Err(SendError::Upstream(kind)) => return Ok(self.upstream_failed(kind, done)),
+            Err(SendError::ClientAborted) => {
+                self.metrics.client_aborts.inc();
+                done.error = Some(Failure::ClientAborted);
+                return Ok(local(
+                    StatusCode::BAD_REQUEST,
+                    br#"{"error":"bad_request"}"#,
+                    done,
+                ));
+            }
+        };
         let took = sent.elapsed();
         self.metrics.observe_upstream(took);
         done.upstream = Some(took);

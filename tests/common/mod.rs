@@ -228,6 +228,16 @@ impl Usher {
         Self::start_env(config, &[])
     }
 
+    /// Start with extra `usher serve` arguments.
+    pub fn start_args(config: &str, args: &[&str]) -> Usher {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usher.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut all: Vec<&std::ffi::OsStr> = vec!["--config".as_ref(), path.as_os_str()];
+        all.extend(args.iter().map(std::ffi::OsStr::new));
+        Self::spawn(&all, dir, &[])
+    }
+
     /// Start with extra environment variables.
     pub fn start_env(config: &str, env: &[(&str, &str)]) -> Usher {
         let dir = tempfile::tempdir().unwrap();
