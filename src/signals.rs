@@ -9,10 +9,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::facts::Facts;
 use crate::identity::Identity;
-use crate::state::{
-    AUTH_FAILURE_WINDOW, ClientKey, ClientRecord, ClientStore, PATHS_WINDOW, RATE_WINDOWS,
-    STATUS_WINDOW, update_client,
-};
+use crate::state::{ClientKey, ClientRecord, ClientStore, update_client};
 
 /// Derived observations about one request, read by the rules.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -91,7 +88,7 @@ impl SignalsStage {
         let by_address = update_client(&self.state, ClientKey::of(facts.client_ip), |r| {
             r.add_request(now_ms, target);
             if failed {
-                r.auth_failures.add(now, AUTH_FAILURE_WINDOW);
+                r.add_auth_failure(now);
             }
         });
         let mut signals = Signals::read(&by_address, now);
@@ -145,14 +142,14 @@ impl Signals {
     /// The behaviour signals of one client record at `now`.
     fn read(record: &ClientRecord, now: u32) -> Signals {
         Signals {
-            auth_failures_5m: record.auth_failures.count(now, AUTH_FAILURE_WINDOW),
-            rates: std::array::from_fn(|i| record.requests[i].count(now, RATE_WINDOWS[i])),
-            status_4xx_60s: record.status_4xx.count(now, STATUS_WINDOW),
-            status_404_60s: record.status_404.count(now, STATUS_WINDOW),
-            status_401_403_60s: record.status_auth.count(now, STATUS_WINDOW),
-            answered_60s: record.answered.count(now, STATUS_WINDOW),
-            distinct_paths_60s: record.paths.count(now, PATHS_WINDOW),
-            interarrival_cv: record.cadence.variation(),
+            auth_failures_5m: record.auth_failures(now),
+            rates: record.rates(now),
+            status_4xx_60s: record.status_4xx(now),
+            status_404_60s: record.status_404(now),
+            status_401_403_60s: record.status_401_403(now),
+            answered_60s: record.answered(now),
+            distinct_paths_60s: record.distinct_paths(now),
+            interarrival_cv: record.interarrival_cv(),
             ..Signals::default()
         }
     }

@@ -3,6 +3,11 @@
 //! whole /64). Bounded: a fixed number of clients, the least recently seen
 //! evicted first (CLOCK), so an address-rotation flood costs a fixed amount
 //! of memory. Locks are per shard and never held across an `.await`.
+//!
+//! Memory is capacity × about 140 bytes: a [`ClientRecord`] is 112 (all
+//! of a record's counts keep their windows on one clock, the record's), a
+//! [`ClientKey`] 16, and the map's index about 12 more per entry (see
+//! [`bounded`]); `benches/memory.sh` measures RSS per client.
 
 pub mod bounded;
 
@@ -10,12 +15,17 @@ use std::net::IpAddr;
 
 pub use bounded::BoundedMap;
 
-/// The window of the failed-authentication count, in seconds.
-pub const AUTH_FAILURE_WINDOW: u32 = 300;
+/// Who a record is about: an IPv4 address, or an IPv6 /64. Two 64-bit
+/// halves (high, low) rather than a `u128`, so that a map entry holding
+/// one aligns to 8 bytes, not 16.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientKey([u64; 2]);
 
-/// Who a record is about: an IPv4 address, or an IPv6 /64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ClientKey(u128);
+impl std::hash::Hash for ClientKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(self.bits());
+    }
+}
 
 impl ClientKey {
     /// The key of a verified subject, apart from every address key: IPv4
@@ -31,65 +41,109 @@ impl ClientKey {
             h.write(subject.as_bytes());
             h.finish()
         };
-        let high = u128::from(hash(0x0075_7368_6572) | 1) << 64;
-        ClientKey(high | u128::from(hash(0x7375_626a) | 1))
+        ClientKey([hash(0x0075_7368_6572) | 1, hash(0x7375_626a) | 1])
     }
 
     /// The key of a client address.
     pub fn of(ip: IpAddr) -> Self {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => ClientKey(u128::from(v4.to_ipv6_mapped())),
-            IpAddr::V6(v6) => ClientKey(u128::from(v6) & !((1u128 << 64) - 1)),
+        let bits = match ip.to_canonical() {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6) & !((1u128 << 64) - 1),
+        };
+        ClientKey([(bits >> 64) as u64, bits as u64])
+    }
+
+    fn bits(self) -> u128 {
+        (u128::from(self.0[0]) << 64) | u128::from(self.0[1])
+    }
+}
+
+/// The windows of the request-rate counters, in seconds.
+pub const RATE_WINDOWS: [u32; 4] = [1, 10, 60, 300];
+
+/// The window of the response-status counters, in seconds.
+pub const STATUS_WINDOW: u32 = 60;
+
+/// The window of the distinct-paths sketch, in seconds.
+pub const PATHS_WINDOW: u32 = 60;
+
+/// The window of the failed-authentication count, in seconds.
+pub const AUTH_FAILURE_WINDOW: u32 = 300;
+
+/// The start of the fixed window of `window` seconds that holds `t`.
+fn window_start(t: u32, window: u32) -> u32 {
+    t - t % window.max(1)
+}
+
+/// Where the fixed window holding `to` stands to the one holding `from`
+/// (no later than `to`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Shift {
+    /// The same window.
+    Same,
+    /// The next one: the current window becomes the previous one.
+    Next,
+    /// Later still: both are over.
+    Past,
+}
+
+impl Shift {
+    fn between(from: u32, to: u32, window: u32) -> Shift {
+        let (old, new) = (window_start(from, window), window_start(to, window));
+        if new == old {
+            Shift::Same
+        } else if new == old.saturating_add(window) {
+            Shift::Next
+        } else {
+            Shift::Past
         }
     }
 }
 
-/// An approximate sliding-window counter: the current fixed window plus
-/// the previous one, weighted by how much of it still overlaps.
+/// How many of the previous fixed window's `events` still fall within the
+/// `window` seconds up to `now`, assuming them evenly spread: a burst
+/// late in it is under-counted by at most that burst. Rounded up, so a
+/// lone event never vanishes early.
+fn overlap(events: u32, now: u32, window: u32) -> u32 {
+    let window = window.max(1);
+    // Seconds are whole: at a window's start the current window already
+    // covers one second, so the previous one overlaps by window - 1.
+    let into = f64::from(now % window + 1) / f64::from(window);
+    (f64::from(events) * (1.0 - into.clamp(0.0, 1.0))).ceil() as u32
+}
+
+/// An approximate sliding-window count: the events of the current fixed
+/// window and of the previous one, weighted by how much of it still
+/// overlaps. The windows are placed by the clock of the record that holds
+/// it (one clock for all of a record's counts: 8 bytes a count, not 12).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct WindowCounter {
-    start: u32,
+struct Count {
     current: u32,
     previous: u32,
 }
 
-impl WindowCounter {
-    /// Count one event at `now` (Unix seconds).
-    pub fn add(&mut self, now: u32, window: u32) {
-        self.roll(now, window);
-        self.current = self.current.saturating_add(1);
-    }
-
-    /// Events in the `window` seconds before `now`, approximately: the
-    /// previous window's events are assumed evenly spread, so a burst late
-    /// in it is under-counted by at most that burst (rounded up, so a lone
-    /// event never vanishes early).
-    pub fn count(&self, now: u32, window: u32) -> u32 {
-        let mut c = *self;
-        c.roll(now, window);
-        let now = now.max(c.start);
-        // Seconds are whole: at `start` the current window already covers
-        // one second, so the previous one overlaps by window - 1.
-        let into = f64::from(now - c.start + 1) / f64::from(window.max(1));
-        let earlier = f64::from(c.previous) * (1.0 - into.clamp(0.0, 1.0));
-        c.current.saturating_add(earlier.ceil() as u32)
-    }
-
-    fn roll(&mut self, now: u32, window: u32) {
-        // Time never runs backwards for a counter: a late event (out of
-        // order in a log, or from a request that waited) counts as now.
-        let now = now.max(self.start);
-        let start = now - now % window.max(1);
-        if start == self.start {
-            return;
+impl Count {
+    /// The count with its clock moved from `from` to `to` (no earlier).
+    fn rolled(self, from: u32, to: u32, window: u32) -> Count {
+        match Shift::between(from, to, window) {
+            Shift::Same => self,
+            Shift::Next => Count {
+                current: 0,
+                previous: self.current,
+            },
+            Shift::Past => Count::default(),
         }
-        self.previous = if start == self.start.saturating_add(window) {
-            self.current
-        } else {
-            0
-        };
-        self.current = 0;
-        self.start = start;
+    }
+
+    /// Events in the `window` seconds up to `to`, with the clock at `from`
+    /// (no later than `to`).
+    fn estimate(self, from: u32, to: u32, window: u32) -> u32 {
+        let c = self.rolled(from, to, window);
+        c.current.saturating_add(overlap(c.previous, to, window))
+    }
+
+    fn add(&mut self) {
+        self.current = self.current.saturating_add(1);
     }
 }
 
@@ -97,57 +151,52 @@ impl WindowCounter {
 /// sliding window, in fixed space: a 128-bit linear-counting bitmap for the
 /// current fixed window, and the previous window's estimate, weighted by
 /// how much of it still overlaps. Accurate to about 10% up to a few hundred
-/// items; saturates near 620.
+/// items; saturates near 620. Its windows, like a [`Count`]'s, are placed
+/// by its record's clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct DistinctSketch {
-    start: u32,
+struct DistinctSketch {
+    // 32-bit words: the record stays 4-byte aligned, without padding.
+    bits: [u32; 4],
     previous: u16,
-    bits: [u64; 2],
 }
 
 impl DistinctSketch {
     /// Bits in the bitmap.
     const BITS: u32 = 128;
 
-    /// Note an item, by its hash, at `now` (Unix seconds).
-    pub fn add(&mut self, now: u32, window: u32, hash: u64) {
-        self.roll(now, window);
+    /// Note an item, by its hash.
+    fn add(&mut self, hash: u64) {
         let bit = (hash % u64::from(Self::BITS)) as usize;
-        self.bits[bit / 64] |= 1 << (bit % 64);
+        self.bits[bit / 32] |= 1 << (bit % 32);
     }
 
-    /// Distinct items in the `window` seconds before `now`, approximately.
-    pub fn count(&self, now: u32, window: u32) -> u32 {
-        let mut c = *self;
-        c.roll(now, window);
-        let now = now.max(c.start);
-        let into = f64::from(now - c.start + 1) / f64::from(window.max(1));
-        let earlier = f64::from(c.previous) * (1.0 - into.clamp(0.0, 1.0));
-        Self::estimate(c.bits).saturating_add(earlier.ceil() as u32)
+    /// The sketch with its clock moved from `from` to `to` (no earlier).
+    fn rolled(self, from: u32, to: u32, window: u32) -> DistinctSketch {
+        match Shift::between(from, to, window) {
+            Shift::Same => self,
+            Shift::Next => DistinctSketch {
+                bits: [0; 4],
+                previous: u16::try_from(self.current()).unwrap_or(u16::MAX),
+            },
+            Shift::Past => DistinctSketch::default(),
+        }
     }
 
-    /// Linear counting: with `z` of `m` bits still clear, about
-    /// `m ln(m / z)` distinct items were added.
-    fn estimate(bits: [u64; 2]) -> u32 {
+    /// Distinct items in the `window` seconds up to `to`, with the clock
+    /// at `from` (no later than `to`), approximately.
+    fn estimate(self, from: u32, to: u32, window: u32) -> u32 {
+        let s = self.rolled(from, to, window);
+        s.current()
+            .saturating_add(overlap(u32::from(s.previous), to, window))
+    }
+
+    /// Linear counting over the current window: with `z` of `m` bits
+    /// still clear, about `m ln(m / z)` distinct items were added.
+    fn current(self) -> u32 {
         let m = f64::from(Self::BITS);
-        let set = bits[0].count_ones() + bits[1].count_ones();
+        let set: u32 = self.bits.iter().map(|w| w.count_ones()).sum();
         let clear = f64::from(Self::BITS - set).max(0.5);
         (m * (m / clear).ln()).round() as u32
-    }
-
-    fn roll(&mut self, now: u32, window: u32) {
-        let now = now.max(self.start);
-        let start = now - now % window.max(1);
-        if start == self.start {
-            return;
-        }
-        self.previous = if start == self.start.saturating_add(window) {
-            u16::try_from(Self::estimate(self.bits)).unwrap_or(u16::MAX)
-        } else {
-            0
-        };
-        self.bits = [0; 2];
-        self.start = start;
     }
 }
 
@@ -155,11 +204,14 @@ impl DistinctSketch {
 /// variance of the gaps between them (milliseconds). Bots are metronomes;
 /// people pause, read and burst.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Cadence {
-    last_ms: u64,
+struct Cadence {
+    /// The latest request, in Unix seconds and milliseconds (0 and 0: none
+    /// yet); split so that the record stays 4-byte aligned.
+    last_secs: u32,
+    last_millis: u16,
+    gaps: u16,
     mean: f32,
     var: f32,
-    gaps: u16,
 }
 
 impl Cadence {
@@ -168,20 +220,31 @@ impl Cadence {
     /// A gap longer than this starts over (a new visit).
     const RESET_MS: u64 = 300_000;
     /// Gaps needed before the cadence means anything.
-    pub const MIN_GAPS: u16 = 10;
+    const MIN_GAPS: u16 = 10;
+
+    fn last_ms(&self) -> u64 {
+        u64::from(self.last_secs) * 1000 + u64::from(self.last_millis)
+    }
+
+    fn set_last_ms(&mut self, ms: u64) {
+        self.last_secs = u32::try_from(ms / 1000).unwrap_or(u32::MAX);
+        self.last_millis = (ms % 1000) as u16;
+    }
 
     /// Note a request at `now_ms` (Unix milliseconds).
-    pub fn add(&mut self, now_ms: u64) {
-        if self.last_ms == 0 {
-            self.last_ms = now_ms;
+    fn add(&mut self, now_ms: u64) {
+        let last_ms = self.last_ms();
+        if last_ms == 0 {
+            self.set_last_ms(now_ms);
             return;
         }
         // Out-of-order arrivals count as simultaneous.
-        let gap = now_ms.saturating_sub(self.last_ms);
-        self.last_ms = self.last_ms.max(now_ms);
+        let gap = now_ms.saturating_sub(last_ms);
+        self.set_last_ms(last_ms.max(now_ms));
         if gap > Self::RESET_MS {
             *self = Cadence {
-                last_ms: self.last_ms,
+                last_secs: self.last_secs,
+                last_millis: self.last_millis,
                 ..Cadence::default()
             };
             return;
@@ -202,80 +265,165 @@ impl Cadence {
     /// mean): near 0 for a metronome, around 1 or more for a person. None
     /// until enough gaps were seen, or when they average under a
     /// millisecond.
-    pub fn variation(&self) -> Option<f32> {
+    fn variation(&self) -> Option<f32> {
         (self.gaps >= Self::MIN_GAPS && self.mean >= 1.0).then(|| self.var.sqrt() / self.mean)
     }
 }
 
-/// The windows of the request-rate counters, in seconds.
-pub const RATE_WINDOWS: [u32; 4] = [1, 10, 60, 300];
-
-/// The window of the response-status counters, in seconds.
-pub const STATUS_WINDOW: u32 = 60;
-
-/// The window of the distinct-paths sketch, in seconds.
-pub const PATHS_WINDOW: u32 = 60;
-
-/// What is remembered about one client (at most 160 bytes; a test holds
-/// it to that).
+/// What is remembered about one client, in 112 bytes (a test holds it to
+/// that: the state's memory is capacity × (this + its key + about 12
+/// bytes of index)).
+///
+/// Every count keeps its fixed windows on one clock, the record's: the
+/// latest second anything was counted. Time never runs backwards for a
+/// record: an event stamped earlier (out of order in a log, or from a
+/// request that waited) counts as at that second, and so does a reading.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ClientRecord {
-    /// Requests, over 1 s, 10 s, 60 s and 5 min.
-    pub requests: [WindowCounter; 4],
-    /// Upstream answers with a 4xx status, over 60 s.
-    pub status_4xx: WindowCounter,
-    /// Upstream answers with 404, over 60 s.
-    pub status_404: WindowCounter,
-    /// Upstream answers with 401 or 403, over 60 s.
-    pub status_auth: WindowCounter,
-    /// Upstream answers, over 60 s (the denominator of ratios).
-    pub answered: WindowCounter,
-    /// Credentials presented that failed verification.
-    pub auth_failures: WindowCounter,
-    /// Distinct request targets (path and query), over 60 s.
-    pub paths: DistinctSketch,
+    /// The record's clock, in Unix seconds (0 before the first event).
+    clock: u32,
+    /// Requests, over [`RATE_WINDOWS`].
+    requests: [Count; 4],
+    /// Upstream answers over [`STATUS_WINDOW`] (the denominator of
+    /// ratios).
+    answered: Count,
+    /// Of those, with a 4xx status.
+    status_4xx: Count,
+    /// Of those, 404s.
+    status_404: Count,
+    /// Of those, 401s and 403s.
+    status_auth: Count,
+    /// Credentials presented that failed verification, over
+    /// [`AUTH_FAILURE_WINDOW`].
+    auth_failures: Count,
+    /// Distinct request targets (path and query), over [`PATHS_WINDOW`].
+    paths: DistinctSketch,
     /// The rhythm of its requests.
-    pub cadence: Cadence,
+    cadence: Cadence,
 }
 
 impl ClientRecord {
+    /// Move the clock on to `now` if that is later, rolling every window;
+    /// returns the second an event at `now` counts at.
+    fn advance(&mut self, now: u32) -> u32 {
+        let from = self.clock;
+        if now <= from {
+            return from;
+        }
+        for (count, window) in self.requests.iter_mut().zip(RATE_WINDOWS) {
+            *count = count.rolled(from, now, window);
+        }
+        for count in [
+            &mut self.answered,
+            &mut self.status_4xx,
+            &mut self.status_404,
+            &mut self.status_auth,
+        ] {
+            *count = count.rolled(from, now, STATUS_WINDOW);
+        }
+        self.auth_failures = self.auth_failures.rolled(from, now, AUTH_FAILURE_WINDOW);
+        self.paths = self.paths.rolled(from, now, PATHS_WINDOW);
+        self.clock = now;
+        now
+    }
+
+    /// The second a reading at `now` is taken at: no earlier than the
+    /// clock.
+    fn reading(&self, now: u32) -> (u32, u32) {
+        (self.clock, now.max(self.clock))
+    }
+
     /// Count a request at `now_ms` (Unix milliseconds) for a target
     /// whose hash is `target`.
     pub fn add_request(&mut self, now_ms: u64, target: u64) {
-        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
-        for (counter, window) in self.requests.iter_mut().zip(RATE_WINDOWS) {
-            counter.add(now, window);
+        self.advance(u32::try_from(now_ms / 1000).unwrap_or(u32::MAX));
+        for count in &mut self.requests {
+            count.add();
         }
-        self.paths.add(now, PATHS_WINDOW, target);
+        self.paths.add(target);
         self.cadence.add(now_ms);
     }
 
-    /// Count an upstream answer at `now`.
+    /// Count an upstream answer at `now` (Unix seconds).
     pub fn add_status(&mut self, now: u32, status: u16) {
-        self.answered.add(now, STATUS_WINDOW);
+        self.advance(now);
+        self.answered.add();
         if (400..500).contains(&status) {
-            self.status_4xx.add(now, STATUS_WINDOW);
+            self.status_4xx.add();
         }
         if status == 404 {
-            self.status_404.add(now, STATUS_WINDOW);
+            self.status_404.add();
         }
         if status == 401 || status == 403 {
-            self.status_auth.add(now, STATUS_WINDOW);
+            self.status_auth.add();
         }
+    }
+
+    /// Count a credential that failed verification, at `now`.
+    pub fn add_auth_failure(&mut self, now: u32) {
+        self.advance(now);
+        self.auth_failures.add();
+    }
+
+    /// Requests over each of [`RATE_WINDOWS`] up to `now`.
+    pub fn rates(&self, now: u32) -> [u32; 4] {
+        let (from, to) = self.reading(now);
+        std::array::from_fn(|i| self.requests[i].estimate(from, to, RATE_WINDOWS[i]))
+    }
+
+    /// Failed credentials over [`AUTH_FAILURE_WINDOW`] up to `now`.
+    pub fn auth_failures(&self, now: u32) -> u32 {
+        let (from, to) = self.reading(now);
+        self.auth_failures.estimate(from, to, AUTH_FAILURE_WINDOW)
+    }
+
+    fn status(&self, count: Count, now: u32) -> u32 {
+        let (from, to) = self.reading(now);
+        count.estimate(from, to, STATUS_WINDOW)
+    }
+
+    /// Upstream answers over [`STATUS_WINDOW`] up to `now`.
+    pub fn answered(&self, now: u32) -> u32 {
+        self.status(self.answered, now)
+    }
+
+    /// Upstream 4xx answers over [`STATUS_WINDOW`] up to `now`.
+    pub fn status_4xx(&self, now: u32) -> u32 {
+        self.status(self.status_4xx, now)
+    }
+
+    /// Upstream 404 answers over [`STATUS_WINDOW`] up to `now`.
+    pub fn status_404(&self, now: u32) -> u32 {
+        self.status(self.status_404, now)
+    }
+
+    /// Upstream 401 and 403 answers over [`STATUS_WINDOW`] up to `now`.
+    pub fn status_401_403(&self, now: u32) -> u32 {
+        self.status(self.status_auth, now)
+    }
+
+    /// Distinct request targets over [`PATHS_WINDOW`] up to `now`,
+    /// estimated.
+    pub fn distinct_paths(&self, now: u32) -> u32 {
+        let (from, to) = self.reading(now);
+        self.paths.estimate(from, to, PATHS_WINDOW)
+    }
+
+    /// How regular the gaps between its requests are (standard deviation
+    /// over mean); None until ten gaps were seen.
+    pub fn interarrival_cv(&self) -> Option<f32> {
+        self.cadence.variation()
+    }
+
+    /// Whether nothing it remembers still counts at `now` (Unix seconds):
+    /// no request and no failed credential within the longest window.
+    pub fn is_idle(&self, now: u32) -> bool {
+        self.rates(now)[RATE_WINDOWS.len() - 1] == 0 && self.auth_failures(now) == 0
     }
 }
 
 /// All clients' records, bounded.
 pub type ClientStore = BoundedMap<ClientKey, ClientRecord>;
-
-impl ClientRecord {
-    /// Whether nothing it remembers still counts at `now` (Unix seconds):
-    /// no request and no failed credential within the longest window.
-    pub fn is_idle(&self, now: u32) -> bool {
-        self.requests[RATE_WINDOWS.len() - 1].count(now, RATE_WINDOWS[RATE_WINDOWS.len() - 1]) == 0
-            && self.auth_failures.count(now, AUTH_FAILURE_WINDOW) == 0
-    }
-}
 
 /// Forget the clients that have been idle past the longest window, so
 /// `len()` counts the clients active lately rather than every client since
@@ -309,6 +457,26 @@ mod tests {
     use super::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    /// A count on a clock of its own, as a record keeps each of its counts.
+    #[derive(Default)]
+    struct Counter {
+        clock: u32,
+        count: Count,
+    }
+
+    impl Counter {
+        fn add(&mut self, now: u32, window: u32) {
+            let now = now.max(self.clock);
+            self.count = self.count.rolled(self.clock, now, window);
+            self.clock = now;
+            self.count.add();
+        }
+
+        fn count(&self, now: u32, window: u32) -> u32 {
+            self.count.estimate(self.clock, now.max(self.clock), window)
+        }
+    }
+
     #[test]
     fn ipv6_clients_are_keyed_by_64() {
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
@@ -332,11 +500,11 @@ mod tests {
             ClientKey::of_subject("alice")
         );
         assert_ne!(ClientKey::of_subject("alice"), ClientKey::of_subject("bob"));
-        let v4 = ClientKey::of("192.0.2.1".parse().unwrap());
-        let v6 = ClientKey::of("2001:db8::1".parse().unwrap());
-        assert_eq!(v4.0 >> 64, 0);
-        assert_eq!(v6.0 as u64, 0);
-        let alice = ClientKey::of_subject("alice").0;
+        let v4 = ClientKey::of("192.0.2.1".parse().unwrap()).bits();
+        let v6 = ClientKey::of("2001:db8::1".parse().unwrap()).bits();
+        assert_eq!(v4 >> 64, 0);
+        assert_eq!(v6 as u64, 0);
+        let alice = ClientKey::of_subject("alice").bits();
         assert_ne!(alice >> 64, 0);
         assert_ne!(alice as u64, 0);
     }
@@ -352,26 +520,29 @@ mod tests {
         let mut s = DistinctSketch::default();
         let t = 6_000;
         for i in 0..100 {
-            s.add(t, 60, hash(i));
+            s.add(hash(i));
             // The same path again adds nothing.
-            s.add(t, 60, hash(i));
+            s.add(hash(i));
         }
-        let n = s.count(t, 60);
+        let n = s.estimate(t, t, 60);
         assert!((80..=120).contains(&n), "100 paths estimated as {n}");
         let mut one = DistinctSketch::default();
         for _ in 0..500 {
-            one.add(t, 60, hash(7));
+            one.add(hash(7));
         }
-        assert_eq!(one.count(t, 60), 1);
+        assert_eq!(one.estimate(t, t, 60), 1);
         // The previous window fades out over the next one.
-        assert!(s.count(t + 60, 60) >= 80);
-        assert!(s.count(t + 90, 60) < 60);
-        assert_eq!(s.count(t + 180, 60), 0);
+        assert!(s.estimate(t, t + 60, 60) >= 80);
+        assert!(s.estimate(t, t + 90, 60) < 60);
+        assert_eq!(s.estimate(t, t + 180, 60), 0);
+        let next = s.rolled(t, t + 60, 60);
+        assert_eq!(u32::from(next.previous), n);
+        assert_eq!(next.bits, [0; 4]);
         // Saturation is bounded, not an overflow.
         for i in 0..100_000 {
-            s.add(t, 60, hash(i));
+            s.add(hash(i));
         }
-        assert!(s.count(t, 60) < 1_000);
+        assert!(s.estimate(t, t, 60) < 1_000);
     }
 
     #[test]
@@ -392,6 +563,7 @@ mod tests {
         let person_cv = person.variation().unwrap();
         assert!(bot_cv < 0.05, "metronome cv {bot_cv}");
         assert!(person_cv > 0.8, "person cv {person_cv}");
+        assert_eq!(person.last_ms(), p, "milliseconds are kept whole");
         // Too few gaps: unknown.
         let mut new = Cadence::default();
         for i in 0..5 {
@@ -403,17 +575,22 @@ mod tests {
         assert_eq!(bot.variation(), None);
         bot.add(t);
         assert_eq!(bot.variation(), None);
+        assert_eq!(bot.last_ms(), t + 3_600_000);
     }
 
     #[test]
     fn a_client_record_stays_small() {
-        // The state's memory is capacity × this (plus the map's own).
-        assert!(std::mem::size_of::<ClientRecord>() <= 160);
+        // The state's memory is capacity × (this + the key + the index's
+        // share); benches/memory.sh measures the whole.
+        assert_eq!(std::mem::size_of::<ClientRecord>(), 112);
+        assert_eq!(std::mem::align_of::<ClientRecord>(), 4);
+        assert_eq!(std::mem::size_of::<ClientKey>(), 16);
+        assert_eq!(std::mem::align_of::<ClientKey>(), 8);
     }
 
     #[test]
-    fn window_counter_slides() {
-        let mut c = WindowCounter::default();
+    fn a_count_slides() {
+        let mut c = Counter::default();
         for t in 1000..1010 {
             c.add(t, 60);
         }
@@ -423,14 +600,14 @@ mod tests {
         let next = 1020 + 30;
         assert_eq!(c.count(next, 60), 5);
         // A steady rate is counted once, not twice.
-        let mut steady = WindowCounter::default();
+        let mut steady = Counter::default();
         for t in 0..100 {
             for _ in 0..10 {
                 steady.add(t, 1);
             }
         }
         assert_eq!(steady.count(99, 1), 10, "10 req/s is 10 in the last second");
-        let mut steady10 = WindowCounter::default();
+        let mut steady10 = Counter::default();
         for t in 0..100 {
             for _ in 0..10 {
                 steady10.add(t, 10);
@@ -438,7 +615,7 @@ mod tests {
         }
         assert_eq!(steady10.count(99, 10), 100);
         assert_eq!(c.count(1200, 60), 0, "two windows later nothing is left");
-        let mut late = WindowCounter::default();
+        let mut late = Counter::default();
         for _ in 0..5 {
             late.add(600, 300);
         }
@@ -448,7 +625,7 @@ mod tests {
             6,
             "an out-of-order event does not wipe the count"
         );
-        let mut one = WindowCounter::default();
+        let mut one = Counter::default();
         one.add(299, 300);
         assert_eq!(
             one.count(598, 300),
@@ -460,22 +637,99 @@ mod tests {
     }
 
     #[test]
+    fn one_clock_per_record_counts_as_a_clock_per_count_would() {
+        // Each count of a record moves with the record's clock, whichever
+        // event moved it; a count on a clock of its own moves only with
+        // its own events. In time order the two agree exactly.
+        let mut record = ClientRecord::default();
+        let mut requests: [Counter; 4] = Default::default();
+        let mut statuses: [Counter; 4] = Default::default();
+        let mut failures = Counter::default();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut now = 1_700_000_000u32;
+        for _ in 0..20_000 {
+            // Mostly bursts within a second, some gaps of several windows.
+            now += match next() % 100 {
+                0..=59 => 0,
+                60..=89 => 1,
+                90..=97 => (next() % 90) as u32,
+                _ => (next() % 900) as u32,
+            };
+            match next() % 4 {
+                0 | 1 => {
+                    record.add_request(u64::from(now) * 1000, next());
+                    for (c, w) in requests.iter_mut().zip(RATE_WINDOWS) {
+                        c.add(now, w);
+                    }
+                }
+                2 => {
+                    let status = [200, 404, 403, 401, 500, 429][(next() % 6) as usize];
+                    record.add_status(now, status);
+                    let hits = [
+                        true,
+                        (400..500).contains(&status),
+                        status == 404,
+                        status == 401 || status == 403,
+                    ];
+                    for (c, hit) in statuses.iter_mut().zip(hits) {
+                        if hit {
+                            c.add(now, STATUS_WINDOW);
+                        }
+                    }
+                }
+                _ => {
+                    record.add_auth_failure(now);
+                    failures.add(now, AUTH_FAILURE_WINDOW);
+                }
+            }
+            let at = now + (next() % 400) as u32;
+            let expected: [u32; 4] =
+                std::array::from_fn(|i| requests[i].count(at, RATE_WINDOWS[i]));
+            assert_eq!(record.rates(at), expected, "at {at}");
+            let status = [
+                record.answered(at),
+                record.status_4xx(at),
+                record.status_404(at),
+                record.status_401_403(at),
+            ];
+            let expected: [u32; 4] = std::array::from_fn(|i| statuses[i].count(at, STATUS_WINDOW));
+            assert_eq!(status, expected, "at {at}");
+            assert_eq!(
+                record.auth_failures(at),
+                failures.count(at, AUTH_FAILURE_WINDOW)
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_reads_no_earlier_than_its_clock() {
+        let mut r = ClientRecord::default();
+        r.add_request(600_000, 1);
+        r.add_status(660, 404);
+        // A request that waited is counted at the record's clock (660, in
+        // a new minute), and a reading as of earlier is taken at the clock.
+        r.add_request(650_000, 2);
+        assert_eq!(r.rates(650), [1, 1, 2, 2]);
+        assert_eq!(r.rates(650), r.rates(660));
+        assert_eq!(r.status_404(600), 1);
+        assert_eq!(r.distinct_paths(660), 2);
+    }
+
+    #[test]
     fn records_are_per_client() {
         let store = ClientStore::new(1000);
         let a = ClientKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         let b = ClientKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)));
         for t in 0..5 {
-            update_client(&store, a, |r| {
-                r.auth_failures.add(100 + t, AUTH_FAILURE_WINDOW)
-            });
+            update_client(&store, a, |r| r.add_auth_failure(100 + t));
         }
-        assert_eq!(
-            client(&store, a)
-                .unwrap()
-                .auth_failures
-                .count(110, AUTH_FAILURE_WINDOW),
-            5
-        );
+        assert_eq!(client(&store, a).unwrap().auth_failures(110), 5);
         assert!(client(&store, b).is_none());
         let v6: IpAddr = Ipv6Addr::LOCALHOST.into();
         assert!(client(&store, ClientKey::of(v6)).is_none());
@@ -490,9 +744,7 @@ mod tests {
         // A visitor at t=10 000, a failed login at 10 000 (and no request
         // counted since), and a client still busy at 10 290.
         update_client(&store, key(1), |r| r.add_request(10_000_000, 1));
-        update_client(&store, key(2), |r| {
-            r.auth_failures.add(10_000, AUTH_FAILURE_WINDOW)
-        });
+        update_client(&store, key(2), |r| r.add_auth_failure(10_000));
         update_client(&store, key(3), |r| r.add_request(10_290_000, 1));
         assert_eq!(expire_idle(&store, at(10_299)), 0, "all within 5 min");
         assert_eq!(store.len(), 3);
@@ -505,5 +757,25 @@ mod tests {
         );
         assert_eq!(expire_idle(&store, at(10_900)), 1);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn an_address_rotation_flood_holds_the_state_at_capacity() {
+        // Five times the capacity in distinct addresses, each a request:
+        // the store fills, then evicts, and never holds more.
+        let store = ClientStore::new(10_000);
+        let regular = ClientKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        for i in 0..5 * store.capacity() as u32 {
+            let ip = Ipv4Addr::from(0x0a00_0000 + i);
+            update_client(&store, ClientKey::of(ip.into()), |r| {
+                r.add_request(1_700_000_000_000 + u64::from(i), 1)
+            });
+            if i % 500 == 0 {
+                update_client(&store, regular, |r| r.add_request(1_700_000_000_000, 2));
+            }
+        }
+        assert_eq!(store.len(), store.capacity());
+        assert!(store.evictions() >= 4 * store.capacity() as u64);
+        assert!(client(&store, regular).is_some(), "the regular stays");
     }
 }
