@@ -1,11 +1,15 @@
 //! Replay throughput: lines per second through the shipped rules, for
 //! combined and JSON-lines logs. Criterion reports elements (lines) per
 //! second; compare runs on the same machine, not absolute figures.
+//!
+//! Each run starts from a fresh classifier, so client state starts empty;
+//! building it (compiling the rules, once per `usher replay`) is not
+//! timed.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use usher::classify::Classifier;
 use usher::config::Config;
 use usher::replay::{self, Format};
@@ -64,14 +68,16 @@ fn replay_lines_per_second(c: &mut Criterion) {
     for (name, format) in [("combined", Format::Combined), ("jsonl", Format::Jsonl)] {
         let text = log(format);
         group.bench_function(name, |b| {
-            b.iter(|| {
-                // A fresh classifier each run: client state starts empty.
-                let classifier = classifier();
-                let report =
-                    replay::run(&classifier, None, &mut text.as_bytes(), Some(format), None)
-                        .expect("replay");
-                black_box(report.requests)
-            })
+            b.iter_batched_ref(
+                classifier,
+                |classifier| {
+                    let report =
+                        replay::run(classifier, None, &mut text.as_bytes(), Some(format), None)
+                            .expect("replay");
+                    black_box(report.requests)
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     group.finish();

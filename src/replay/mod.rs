@@ -8,10 +8,10 @@ pub mod command;
 pub mod log;
 mod report;
 
-use std::io::{self, BufRead, Write};
+use std::borrow::Cow;
+use std::io::{self, BufRead, Read, Write};
+use std::net::IpAddr;
 use std::sync::Arc;
-
-use http::Request;
 
 use crate::classify::Classifier;
 use crate::facts::Facts;
@@ -36,6 +36,7 @@ pub fn run(
     let mut report = Report::new(other.is_some());
     let mut format = format;
     let mut buf = Vec::new();
+    let mut verdict_line = Vec::new();
     let mut line_no = 0u64;
     let mut progress = Progress::new();
     while let Some(too_long) = read_line(input, &mut buf, MAX_LINE)? {
@@ -45,7 +46,7 @@ pub fn run(
             report.malformed(line_no, "line longer than 64 KiB");
             continue;
         }
-        let text = String::from_utf8_lossy(&buf);
+        let text = line_text(&buf);
         let text = text.trim_end_matches(['\n', '\r']);
         // A byte-order mark may open the file.
         let text = if line_no == 1 {
@@ -68,15 +69,11 @@ pub fn run(
                 continue;
             }
         };
-        let Some(parts) = head(&request) else {
-            report.malformed(line_no, "not a request usher can read");
-            continue;
-        };
-        let (verdict, shadow) = classify(primary, &request, &parts);
+        let (verdict, shadow) = classify(primary, &request);
         if let Some(out) = out.as_deref_mut() {
-            write_verdict(out, line_no, &request, &verdict, &shadow)?;
+            write_verdict(out, &mut verdict_line, line_no, &request, &verdict, &shadow)?;
         }
-        let changed = other.map(|o| classify(o, &request, &parts).0);
+        let changed = other.map(|o| classify(o, &request).0);
         report.count(line_no, &request, &verdict, &shadow, changed.as_ref());
     }
     progress.done(line_no);
@@ -121,14 +118,19 @@ impl Progress {
     }
 }
 
+/// A line as text: borrowed when it is UTF-8, as nearly every line is;
+/// otherwise with replacement characters.
+fn line_text(buf: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(buf) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(buf),
+    }
+}
+
 /// Run one logged request through the pipeline, then record its logged
 /// status as the upstream's answer.
-fn classify(
-    classifier: &Classifier,
-    r: &LogRequest,
-    parts: &http::request::Parts,
-) -> (Verdict, Vec<Arc<str>>) {
-    let mut facts = Facts::new(parts, r.ip, r.ip, r.ts);
+fn classify(classifier: &Classifier, r: &LogRequest) -> (Verdict, Vec<Arc<str>>) {
+    let mut facts = Facts::new(&r.head, r.ip, r.ip, r.ts);
     facts.recorded = Some(&r.recorded);
     let c = classifier.classify(&facts);
     if let Some(status) = r.status {
@@ -139,36 +141,28 @@ fn classify(
     (c.verdict, c.outcome.shadow)
 }
 
-/// The request head a logged request stands for (built once, read by every
-/// config a replay compares).
-fn head(r: &LogRequest) -> Option<http::request::Parts> {
-    let mut request = Request::builder()
-        .method(r.method.clone())
-        .uri(r.target.as_str())
-        .body(())
-        .ok()?;
-    *request.headers_mut() = r.headers.clone();
-    Some(request.into_parts().0)
-}
-
 /// One line of `--out`, fields in the documented order.
 #[derive(serde::Serialize)]
 struct VerdictLine<'a> {
     line: u64,
     ts: f64,
-    ip: String,
+    ip: IpAddr,
     method: &'a str,
     path: &'a str,
     class: &'a str,
     score: i32,
-    reasons: Vec<&'a str>,
+    reasons: &'a [Arc<str>],
     action: &'a str,
     /// Shadow rules that matched (evaluated, no effect).
-    shadow: Vec<&'a str>,
+    shadow: &'a [Arc<str>],
 }
 
+/// Write one line of `--out`. It is built in `scratch` and written whole:
+/// serde_json writes token by token, and through `dyn Write` every token
+/// would be a call into the writer.
 fn write_verdict(
     out: &mut dyn Write,
+    scratch: &mut Vec<u8>,
     line: u64,
     r: &LogRequest,
     v: &Verdict,
@@ -180,52 +174,45 @@ fn write_verdict(
             .ts
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64()),
-        ip: r.ip.to_string(),
-        method: r.method.as_str(),
-        path: &r.target,
+        ip: r.ip,
+        method: r.method().as_str(),
+        path: r.target(),
         class: v.class.as_str(),
         score: v.score,
-        reasons: v.reasons.iter().map(|r| &**r).collect(),
+        reasons: &v.reasons,
         action: v.action.as_str(),
-        shadow: shadow.iter().map(|r| &**r).collect(),
+        shadow,
     };
-    serde_json::to_writer(&mut *out, &json)?;
-    out.write_all(b"\n")
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, &json)?;
+    scratch.push(b'\n');
+    out.write_all(scratch)
 }
 
-/// Read one line into `buf`, keeping at most `max` bytes of it. `None` at
-/// the end of input; `Some(true)` when the line was longer (the rest is
-/// skipped, not kept).
+/// Read one line into `buf`, keeping at most `max` (> 0) bytes of it.
+/// `None` at the end of input; `Some(true)` when the line was longer (the
+/// rest is skipped, not kept).
 fn read_line(input: &mut dyn BufRead, buf: &mut Vec<u8>, max: usize) -> io::Result<Option<bool>> {
     buf.clear();
-    let mut too_long = false;
-    let mut read_any = false;
+    let limit = u64::try_from(max).unwrap_or(u64::MAX);
+    if Read::take(&mut *input, limit).read_until(b'\n', buf)? == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') || at_end(input)? {
+        return Ok(Some(false));
+    }
+    buf.clear();
+    input.skip_until(b'\n')?;
+    Ok(Some(true))
+}
+
+/// Whether `input` has nothing more to read.
+fn at_end(input: &mut dyn BufRead) -> io::Result<bool> {
     loop {
-        let available = match input.fill_buf() {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+        match input.fill_buf() {
+            Ok(available) => return Ok(available.is_empty()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        };
-        if available.is_empty() {
-            return Ok(read_any.then_some(too_long));
-        }
-        read_any = true;
-        let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
-            Some(i) => (&available[..=i], true),
-            None => (available, false),
-        };
-        let len = chunk.len();
-        if !too_long {
-            if buf.len() + len > max {
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(chunk);
-            }
-        }
-        input.consume(len);
-        if done {
-            return Ok(Some(too_long));
         }
     }
 }

@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
+
+use foldhash::fast::RandomState;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -29,8 +31,8 @@ pub struct Report {
     pub classes: [u64; 5],
     /// Per action, in `Action::ALL` order.
     pub actions: [u64; 4],
-    rules: HashMap<Arc<str>, u64>,
-    shadow: HashMap<Arc<str>, u64>,
+    rules: HashMap<Arc<str>, u64, RandomState>,
+    shadow: HashMap<Arc<str>, u64, RandomState>,
     clients: [HeavyHitters; 5],
     /// Malformed lines: how many.
     pub malformed: u64,
@@ -88,10 +90,10 @@ impl Report {
         self.classes[v.class.index()] += 1;
         self.actions[v.action.index()] += 1;
         for rule in &v.reasons {
-            *self.rules.entry(rule.clone()).or_default() += 1;
+            bump(&mut self.rules, rule);
         }
         for rule in shadow {
-            *self.shadow.entry(rule.clone()).or_default() += 1;
+            bump(&mut self.shadow, rule);
         }
         self.clients[v.class.index()].add(r.ip);
         if let (Some(cmp), Some(o)) = (self.comparison.as_mut(), other) {
@@ -117,6 +119,17 @@ impl Report {
     /// out).
     pub fn top_clients(&self, class: Class, n: usize) -> Vec<(IpAddr, u64)> {
         self.clients[class.index()].top(n)
+    }
+}
+
+/// Count one match of `rule` (its name is shared, not copied, and only
+/// the first time).
+fn bump(counts: &mut HashMap<Arc<str>, u64, RandomState>, rule: &Arc<str>) {
+    match counts.get_mut(rule) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(rule.clone(), 1);
+        }
     }
 }
 
@@ -151,9 +164,12 @@ impl Comparison {
         // Bounded: the distinct differences are bounded by the rule sets.
         *changes.by_rules.entry(diff).or_default() += 1;
         if changes.examples.len() < EXAMPLES {
-            changes
-                .examples
-                .push(format!("line {line}: {} {} {}", r.ip, r.method, r.target));
+            changes.examples.push(format!(
+                "line {line}: {} {} {}",
+                r.ip,
+                r.method(),
+                r.target()
+            ));
         }
     }
 }
@@ -164,7 +180,13 @@ impl Comparison {
 #[derive(Debug, Default)]
 struct HeavyHitters {
     /// Per client: (count, inherited part of it).
-    counts: HashMap<IpAddr, (u64, u64)>,
+    counts: HashMap<IpAddr, (u64, u64), RandomState>,
+    /// Once full: the clients that held the smallest count, `min`, when
+    /// they were last looked for. Counts only grow, so an entry whose count
+    /// moved on (or that was evicted) is stale and skipped, and one scan
+    /// serves every newcomer until all of them have moved on.
+    smallest: Vec<IpAddr>,
+    min: u64,
 }
 
 impl HeavyHitters {
@@ -177,11 +199,32 @@ impl HeavyHitters {
             self.counts.insert(ip, (1, 0));
             return;
         }
-        let Some((&smallest, &(min, _))) = self.counts.iter().min_by_key(|(_, (c, _))| *c) else {
+        let Some((evicted, min)) = self.take_smallest() else {
             return;
         };
-        self.counts.remove(&smallest);
+        self.counts.remove(&evicted);
         self.counts.insert(ip, (min + 1, min));
+    }
+
+    /// A client with the smallest count, and that count.
+    fn take_smallest(&mut self) -> Option<(IpAddr, u64)> {
+        loop {
+            while let Some(ip) = self.smallest.pop() {
+                if self.counts.get(&ip).is_some_and(|(c, _)| *c == self.min) {
+                    return Some((ip, self.min));
+                }
+            }
+            // The minimum never falls while full (newcomers start above
+            // it), so a rescan finds it at or above `min`.
+            self.min = self.counts.values().map(|(c, _)| *c).min()?;
+            let min = self.min;
+            self.smallest.extend(
+                self.counts
+                    .iter()
+                    .filter(|(_, (c, _))| *c == min)
+                    .map(|(ip, _)| *ip),
+            );
+        }
     }
 
     /// The clients with the most certain requests (count less what was
@@ -313,5 +356,67 @@ impl fmt::Display for Comparison {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A skewed stream: a few heavy clients among many light ones.
+    fn stream(n: u32) -> Vec<IpAddr> {
+        let mut x: u32 = 12_345;
+        (0..n)
+            .map(|i| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                let r = x >> 8;
+                let id = if i % 4 == 0 { r % 8 } else { 100 + r % 20_000 };
+                IpAddr::from([10, 0, (id >> 8) as u8, id as u8])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heavy_hitters_keep_space_saving_bounds() {
+        let ips = stream(200_000);
+        let mut truth: HashMap<IpAddr, u64> = HashMap::new();
+        let mut hh = HeavyHitters::default();
+        for ip in &ips {
+            *truth.entry(*ip).or_default() += 1;
+            hh.add(*ip);
+        }
+        assert_eq!(hh.counts.len(), CLIENTS_TRACKED);
+        // Every counted request is in some counter.
+        let total: u64 = hh.counts.values().map(|(c, _)| c).sum();
+        assert_eq!(total, ips.len() as u64);
+        // A counter never undercounts, and its certain part never
+        // overcounts.
+        for (ip, (count, inherited)) in &hh.counts {
+            assert!(*count >= truth[ip], "{ip}");
+            assert!(count - inherited <= truth[ip], "{ip}");
+        }
+        // The eight heavy clients come first, each certain of most of its
+        // requests.
+        let top = hh.top(8);
+        assert_eq!(top.len(), 8);
+        for (ip, certain) in top {
+            assert!(truth[&ip] > 5_000 && certain * 2 > truth[&ip], "{ip}");
+        }
+    }
+
+    #[test]
+    fn heavy_hitters_are_exact_below_capacity() {
+        let mut hh = HeavyHitters::default();
+        for i in 0..CLIENTS_TRACKED as u32 {
+            for _ in 0..=(i % 3) {
+                hh.add(IpAddr::from(i.to_be_bytes()));
+            }
+        }
+        assert!(
+            hh.counts
+                .values()
+                .all(|(c, inherited)| *inherited == 0 && *c <= 3)
+        );
+        assert_eq!(hh.top(1)[0].1, 3);
     }
 }

@@ -32,6 +32,63 @@ fn long_lines_are_skipped_without_being_kept() {
 }
 
 #[test]
+fn line_limits_hold_across_small_reads() {
+    let text: &[u8] = b"0123456789\n012345678\nabcdefghijk\n\xff\xfe\n0123456789";
+    // A three-byte buffer: every line straddles several reads.
+    let mut input = std::io::BufReader::with_capacity(3, text);
+    let mut buf = Vec::new();
+    let mut seen = Vec::new();
+    while let Some(too_long) = read_line(&mut input, &mut buf, 10).unwrap() {
+        seen.push((too_long, buf.clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (true, Vec::new()),
+            (false, b"012345678\n".to_vec()),
+            (true, Vec::new()),
+            (false, b"\xff\xfe\n".to_vec()),
+            // Exactly the limit, at the end of input without a newline.
+            (false, b"0123456789".to_vec()),
+        ]
+    );
+}
+
+#[test]
+fn malformed_and_odd_lines_are_counted_not_fatal() {
+    let (c, _dir) = classifier("");
+    let lines: [&[u8]; 7] = [
+        // A byte-order mark, CRLF.
+        b"\xef\xbb\xbf192.0.2.1 - - [10/Oct/2026:13:55:36 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"a\"\r\n",
+        b"\n",
+        b"   \n",
+        b"garbage\n",
+        // Not UTF-8 in the target: replaced (http accepts it in a path).
+        b"192.0.2.1 - - [10/Oct/2026:13:55:37 +0000] \"GET /\xff HTTP/1.1\" 200 1\n",
+        // Not UTF-8 in the user agent: replaced, still a request.
+        b"192.0.2.1 - - [10/Oct/2026:13:55:38 +0000] \"GET /ok HTTP/1.1\" 200 1 \"-\" \"\xff\"\n",
+        b"{\"ts\": 1}\n",
+    ];
+    let log = lines.concat();
+    let mut out = Vec::new();
+    let report = run(&c, None, &mut &log[..], None, Some(&mut out)).unwrap();
+    assert_eq!(report.requests, 3);
+    assert_eq!(report.malformed, 2);
+    let lines: Vec<u64> = report.malformed_lines().iter().map(|(n, _)| *n).collect();
+    assert_eq!(lines, [4, 7]);
+    let verdicts: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(verdicts[0]["line"], 1);
+    assert_eq!(verdicts[0]["ip"], "192.0.2.1");
+    assert_eq!(verdicts[1]["path"], "/\u{fffd}");
+    assert_eq!(verdicts[2]["path"], "/ok");
+    assert_eq!(verdicts[2]["ts"], 1_791_640_538.0);
+}
+
+#[test]
 fn statuses_in_the_log_feed_the_client_state() {
     let (c, _dir) = classifier(
         "[[rule]]\nname = \"walker\"\nwhen.signal = { name = \"status_404_60s\", ge = 3 }\nscore = 100\n",
