@@ -18,7 +18,8 @@ use crate::admin::{self, AdminState};
 use crate::classify::Classifier;
 use crate::config::{AccessLog as AccessLogMode, Config};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, Settings, upstream};
+use crate::proxy::pool::Pool;
+use crate::proxy::{Proxy, Settings};
 use crate::reload;
 use crate::workers::{Serve, Workers};
 
@@ -169,7 +170,7 @@ impl Server {
             .keep_alive_timeout(H2_PING_INTERVAL);
         let serve = || Serve {
             proxy: proxy.clone(),
-            client: Arc::new(upstream::client(&config.timeouts)),
+            pool: Pool::new(config.timeouts.connect, config.timeouts.upstream_idle),
             http: http.clone(),
             metrics: metrics.clone(),
             first_request: config.timeouts.header_read,

@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, upstream};
+use crate::proxy::Proxy;
+use crate::proxy::pool::Pool;
 
 /// What serving client connections takes, on one runtime.
 #[derive(Clone)]
@@ -27,7 +28,7 @@ pub struct Serve {
     /// The proxy all workers share.
     pub proxy: Arc<Proxy>,
     /// This runtime's upstream pool.
-    pub client: Arc<upstream::Client>,
+    pub pool: Arc<Pool>,
     /// The HTTP/1 and HTTP/2 server settings.
     pub http: auto::Builder<TokioExecutor>,
     /// Where the open-connection gauge lives.
@@ -41,12 +42,12 @@ impl Serve {
     /// or `graceful` drains it.
     pub fn connection(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
         let _ = stream.set_nodelay(true);
-        let (proxy, client) = (self.proxy.clone(), self.client.clone());
+        let (proxy, pool) = (self.proxy.clone(), self.pool.clone());
         let started = Arc::new(AtomicBool::new(false));
         let seen = started.clone();
         let service = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
-            proxy.clone().handle(req, peer, client.clone())
+            proxy.clone().handle(req, peer, pool.clone())
         });
         let conn = self
             .http

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -523,6 +524,68 @@ async fn upstream_connections_are_pooled_and_reused() {
             "20 sequential requests over {workers} workers"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstreams_closing_their_connections_lose_no_request() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // One that says `Connection: close` every time.
+    let closing = upstream(|_req| async {
+        let mut response = Response::new(full("bye"));
+        response
+            .headers_mut()
+            .insert("connection", http::HeaderValue::from_static("close"));
+        response
+    })
+    .await;
+    let usher = Usher::start_args(&config(&closing, ""), &["--workers", "1"]);
+    for _ in 0..10 {
+        assert_eq!(get(&usher.url("/")).await, (200, Bytes::from("bye")));
+    }
+    assert_eq!(closing.connections.load(SeqCst), 10, "none was reused");
+
+    // One that keeps the connection alive, then drops it silently a moment
+    // later, as an upstream's idle timeout does.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let usher = Usher::start_args(
+        &format!("upstream = \"http://{addr}\""),
+        &["--workers", "1"],
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&usher.url("/")).await, (200, Bytes::from("ok")));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(SeqCst), 5, "each stale connection replaced");
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, r#"usher_upstream_errors_total{kind="reset"}"#),
+        Some(0.0),
+        "no request was lost to a closed connection"
+    );
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]

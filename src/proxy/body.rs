@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::Proxy;
+use super::pool::Lease;
 use crate::access_log::Record;
 use crate::metrics::{Failure, UpstreamError};
 use crate::verdict::{Class, Verdict};
@@ -129,10 +130,12 @@ enum Inner {
     Local(Option<Bytes>),
 }
 
-/// A response body that reports its request's completion.
+/// A response body that reports its request's completion, and hands its
+/// upstream connection back to the pool once read to the end.
 pub struct ProxyBody {
     inner: Inner,
     done: Option<Completion>,
+    lease: Option<Lease>,
 }
 
 impl std::fmt::Debug for ProxyBody {
@@ -142,10 +145,23 @@ impl std::fmt::Debug for ProxyBody {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, done: Completion) -> Self {
-        ProxyBody {
+    pub(crate) fn upstream(body: Incoming, done: Completion, lease: Option<Lease>) -> Self {
+        let mut body = ProxyBody {
             inner: Inner::Upstream(body),
             done: Some(done),
+            lease,
+        };
+        // A response without a body is over at once.
+        body.release_if_ended();
+        body
+    }
+
+    fn release_if_ended(&mut self) {
+        if let Inner::Upstream(body) = &self.inner
+            && body.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.finish();
         }
     }
 
@@ -153,6 +169,7 @@ impl ProxyBody {
         ProxyBody {
             inner: Inner::Local(Some(Bytes::from_static(body))),
             done,
+            lease: None,
         }
     }
 }
@@ -171,13 +188,20 @@ impl Body for ProxyBody {
             Inner::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &frame {
-            None => this.done = None,
+            None => {
+                if let Some(lease) = this.lease.take() {
+                    lease.finish();
+                }
+                this.done = None;
+            }
             Some(Err(_)) => {
+                // The connection is broken: dropped, not pooled.
+                this.lease = None;
                 if let Some(done) = &mut this.done {
                     done.error = Some(Failure::Upstream(UpstreamError::Body));
                 }
             }
-            Some(Ok(_)) => {}
+            Some(Ok(_)) => this.release_if_ended(),
         }
         Poll::Ready(frame)
     }

@@ -5,6 +5,7 @@
 
 mod body;
 pub mod headers;
+pub mod pool;
 pub mod upgrade;
 pub mod upstream;
 
@@ -100,7 +101,7 @@ impl Proxy {
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        client: Arc<upstream::Client>,
+        pool: Arc<pool::Pool>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let settings = self.settings.load_full();
@@ -213,30 +214,29 @@ impl Proxy {
             trusted_peer,
             host.clone(),
         );
-        if let Some(host) = host
-            && !parts.headers.contains_key(HOST)
-        {
-            parts.headers.insert(HOST, host);
+        if !parts.headers.contains_key(HOST) {
+            // HTTP/1.1 needs a Host: the client's, or failing that the
+            // upstream's own name.
+            let host =
+                host.or_else(|| HeaderValue::from_str(settings.upstream.authority().as_str()).ok());
+            if let Some(host) = host {
+                parts.headers.insert(HOST, host);
+            }
         }
         if parts.version == Version::HTTP_2 {
             headers::join_cookies(&mut parts.headers);
         }
-        let Some(uri) = upstream_uri(&settings.upstream, &parts.uri) else {
-            return Ok(local(
-                StatusCode::BAD_REQUEST,
-                br#"{"error":"bad_request"}"#,
-                done,
-            ));
-        };
-        parts.uri = uri;
+        parts.uri = origin_form(&parts.uri);
         parts.version = Version::HTTP_11;
         labels.apply(&mut parts.headers, &settings.labels);
 
         // Send.
         let sent = Instant::now();
         let request = Request::from_parts(parts, body);
-        let mut response = match upstream::send(&client, request, settings.response_timeout).await {
-            Ok(response) => response,
+        let authority = settings.upstream.authority();
+        let sent_upstream = upstream::send(&pool, authority, request, settings.response_timeout);
+        let (mut response, lease) = match sent_upstream.await {
+            Ok(sent) => sent,
             Err(SendError::Upstream(kind)) => return Ok(self.upstream_failed(kind, done)),
             Err(SendError::ClientAborted) => {
                 self.metrics.client_aborts.inc();
@@ -267,13 +267,15 @@ impl Proxy {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             upgrade::tunnel(client_upgrade, upstream_upgrade, self.metrics.clone());
         }
+        // A connection that switched protocols is the tunnel's now.
+        let lease = (!switching).then_some(lease);
         headers::strip_hop_by_hop(response.headers_mut(), switching);
         // The client hears its own protocol, whatever the upstream spoke.
         *response.version_mut() = client_version;
         done.status = response.status().as_u16();
         self.metrics
             .observe_added(started.elapsed().saturating_sub(took));
-        Ok(response.map(|body| ProxyBody::upstream(body, done)))
+        Ok(response.map(|body| ProxyBody::upstream(body, done, lease)))
     }
 
     fn upstream_failed(&self, kind: UpstreamError, mut done: Completion) -> Response<ProxyBody> {
@@ -291,18 +293,13 @@ impl Proxy {
     }
 }
 
-/// The request's path and query on the upstream's origin.
-fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Option<Uri> {
+/// The request's target as an origin server expects it: path and query.
+fn origin_form(uri: &Uri) -> Uri {
     let path = uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    Uri::builder()
-        .scheme(upstream.scheme())
-        .authority(upstream.authority().clone())
-        .path_and_query(path)
-        .build()
-        .ok()
+    Uri::from(path)
 }
 
 /// 429 with `Retry-After` in whole seconds (at least one).

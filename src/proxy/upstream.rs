@@ -1,43 +1,22 @@
-//! The pooled HTTP/1.1 client to the upstream, the request body it sends,
-//! and what its errors mean.
+//! Sending a request upstream: the request body it streams, the response
+//! deadline, and what its errors mean.
 
 use std::error::Error as StdError;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
-use crate::config::Timeouts;
+use super::pool::{Lease, Pool, PoolError};
 use crate::metrics::UpstreamError;
-
-/// A keep-alive connection pool to the upstream.
-pub type Client = hyper_util::client::legacy::Client<HttpConnector, RequestBody>;
-
-/// Idle upstream connections kept at most, so a burst does not leave
-/// thousands of sockets open until they expire.
-const MAX_IDLE: usize = 256;
-
-/// Build the pool: connect timeout, `TCP_NODELAY`, idle expiry.
-pub fn client(timeouts: &Timeouts) -> Client {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeouts.connect));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(timeouts.upstream_idle)
-        .pool_max_idle_per_host(MAX_IDLE)
-        .pool_timer(TokioTimer::new())
-        .http1_writev(false)
-        .build(connector)
-}
 
 /// How a client's request body ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,10 +85,11 @@ pub enum SendError {
 /// the request body has been read to its end (at once for bodiless
 /// requests), and not at all while a response arrives before that.
 pub async fn send(
-    client: &Client,
+    pool: &Arc<Pool>,
+    authority: &Authority,
     request: Request<Incoming>,
     deadline: Duration,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<(Response<Incoming>, Lease), SendError> {
     let (parts, inner) = request.into_parts();
     let (end_tx, end_rx) = if inner.is_end_stream() {
         (None, None)
@@ -117,10 +97,10 @@ pub async fn send(
         let (tx, rx) = oneshot::channel();
         (Some(tx), Some(rx))
     };
-    let response = client.request(Request::from_parts(
-        parts,
-        RequestBody { inner, end: end_tx },
-    ));
+    let response = pool.send(
+        authority,
+        Request::from_parts(parts, RequestBody { inner, end: end_tx }),
+    );
     tokio::pin!(response);
     let mut body_end = None;
     if let Some(mut end_rx) = end_rx {
@@ -137,9 +117,9 @@ pub async fn send(
 }
 
 fn classify(
-    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    result: Result<(Response<Incoming>, Lease), PoolError>,
     end: Option<BodyEnd>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<(Response<Incoming>, Lease), SendError> {
     result.map_err(|e| {
         if end == Some(BodyEnd::ClientError) {
             SendError::ClientAborted
@@ -150,26 +130,26 @@ fn classify(
     })
 }
 
-/// Sort a client error into a bounded kind, by walking its causes.
-pub fn error_kind(err: &hyper_util::client::legacy::Error) -> UpstreamError {
-    let io_kind = causes(err).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
-    if err.is_connect() {
-        return match io_kind {
-            Some(io::ErrorKind::TimedOut) => UpstreamError::ConnectTimeout,
-            _ => UpstreamError::Refused,
-        };
+/// Sort a pool error into a bounded kind, walking an HTTP error's causes.
+pub fn error_kind(err: &PoolError) -> UpstreamError {
+    let h = match err {
+        PoolError::ConnectTimeout => return UpstreamError::ConnectTimeout,
+        PoolError::Connect(e) if e.kind() == io::ErrorKind::TimedOut => {
+            return UpstreamError::ConnectTimeout;
+        }
+        PoolError::Connect(_) => return UpstreamError::Refused,
+        PoolError::Http(h) => h,
+    };
+    if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
+        return UpstreamError::Protocol;
     }
-    if let Some(h) = causes(err).find_map(|e| e.downcast_ref::<hyper::Error>()) {
-        if h.is_parse() || h.is_parse_status() || h.is_parse_too_large() {
-            return UpstreamError::Protocol;
-        }
-        if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
-            return UpstreamError::Reset;
-        }
-        if h.is_timeout() {
-            return UpstreamError::ResponseTimeout;
-        }
+    if h.is_incomplete_message() || h.is_closed() || h.is_canceled() {
+        return UpstreamError::Reset;
     }
+    if h.is_timeout() {
+        return UpstreamError::ResponseTimeout;
+    }
+    let io_kind = causes(h).find_map(|e| e.downcast_ref::<io::Error>().map(io::Error::kind));
     match io_kind {
         Some(
             io::ErrorKind::ConnectionReset
