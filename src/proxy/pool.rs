@@ -92,9 +92,7 @@ impl Pool {
         authority: &Authority,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease), PoolError> {
-        if let Some(mut sender) = self.take(authority)
-            && sender.ready().await.is_ok()
-        {
+        if let Some(mut sender) = self.take(authority) {
             match sender.try_send_request(req).await {
                 Ok(response) => return Ok((response, self.lease(authority, sender))),
                 Err(mut e) => match e.take_message() {
@@ -120,19 +118,18 @@ impl Pool {
         }
     }
 
-    /// The newest idle connection to `authority` still open; stale and
-    /// closed ones met on the way are dropped.
+    /// The newest idle connection to `authority` ready for a request;
+    /// closed and expired ones are dropped on the way. One still busy (its
+    /// request body was cut short by an early response, say) is skipped,
+    /// never waited for.
     fn take(&self, authority: &Authority) -> Option<http1::SendRequest<RequestBody>> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            if conn.authority == *authority
-                && !conn.sender.is_closed()
-                && conn.since.elapsed() < self.idle_timeout
-            {
-                return Some(conn.sender);
-            }
-        }
-        None
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout);
+        let newest = idle
+            .iter()
+            .rposition(|c| c.authority == *authority && c.sender.is_ready())?;
+        Some(idle.remove(newest).sender)
     }
 
     fn put(&self, authority: Authority, sender: http1::SendRequest<RequestBody>) {
