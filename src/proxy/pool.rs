@@ -58,15 +58,13 @@ struct Idle {
 pub struct Lease {
     pool: Arc<Pool>,
     authority: Authority,
-    sender: Option<http1::SendRequest<RequestBody>>,
+    sender: http1::SendRequest<RequestBody>,
 }
 
 impl Lease {
     /// The response was read to its end: the connection may serve again.
-    pub fn finish(mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.put(self.authority.clone(), sender);
-        }
+    pub fn finish(self) {
+        self.pool.put(self.authority, self.sender);
     }
 }
 
@@ -114,7 +112,7 @@ impl Pool {
         Lease {
             pool: self.clone(),
             authority: authority.clone(),
-            sender: Some(sender),
+            sender,
         }
     }
 
