@@ -527,6 +527,44 @@ async fn upstream_connections_are_pooled_and_reused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_gets_origin_form_and_always_a_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, ""));
+    // What the upstream saw of one raw request, sent on its own connection.
+    let seen = |raw: &'static str| {
+        let proxy = usher.proxy;
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+            stream.write_all(raw.as_bytes()).await.unwrap();
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.unwrap();
+            let response = String::from_utf8(response).unwrap();
+            // Each client hears its own version back.
+            assert!(
+                response.starts_with(&raw[raw.find("HTTP/").unwrap()..][..8]),
+                "{response}"
+            );
+            assert_eq!(&response[8..13], " 200 ", "{response}");
+            let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+            serde_json::from_str::<Value>(body).unwrap()
+        }
+    };
+    // HTTP/1.0 may come without a Host: the upstream gets its own name.
+    let old = seen("GET /plain?q=1 HTTP/1.0\r\n\r\n").await;
+    assert_eq!(old["uri"], "/plain?q=1");
+    assert_eq!(label(&old, "host"), Some(up.addr.to_string().as_str()));
+    // An absolute-form target goes upstream in origin form; the client's
+    // Host stays.
+    let absolute = seen(
+        "GET http://elsewhere.example/abs?x=1 HTTP/1.1\r\nHost: front.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(absolute["uri"], "/abs?x=1");
+    assert_eq!(label(&absolute, "host"), Some("front.example"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn upstreams_closing_their_connections_lose_no_request() {
     use std::sync::atomic::Ordering::SeqCst;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

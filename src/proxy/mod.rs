@@ -43,6 +43,8 @@ pub struct Settings {
     pub labels: Labels,
     /// Where requests go.
     pub upstream: Upstream,
+    /// The upstream's name as a `Host` value, for requests that bring none.
+    upstream_host: Option<HeaderValue>,
     /// How long to wait for the upstream's response head.
     pub response_timeout: Duration,
 }
@@ -55,6 +57,7 @@ impl Settings {
             trusted: config.trusted_proxies(),
             labels: config.labels.clone(),
             upstream: config.upstream.clone(),
+            upstream_host: HeaderValue::from_str(config.upstream.authority().as_str()).ok(),
             response_timeout: config.timeouts.response_header,
         }
     }
@@ -217,9 +220,7 @@ impl Proxy {
         if !parts.headers.contains_key(HOST) {
             // HTTP/1.1 needs a Host: the client's, or failing that the
             // upstream's own name.
-            let host =
-                host.or_else(|| HeaderValue::from_str(settings.upstream.authority().as_str()).ok());
-            if let Some(host) = host {
+            if let Some(host) = host.or_else(|| settings.upstream_host.clone()) {
                 parts.headers.insert(HOST, host);
             }
         }

@@ -116,17 +116,20 @@ impl Pool {
         }
     }
 
-    /// The newest idle connection to `authority` ready for a request;
-    /// closed and expired ones are dropped on the way. One still busy (its
-    /// request body was cut short by an early response, say) is skipped,
-    /// never waited for.
+    /// The newest idle connection to `authority` ready for a request
+    /// (usually the last one, so this is no scan). One still busy (its
+    /// request body was cut short by an early response, say) or closed is
+    /// skipped, never waited for; the list is oldest first, so when the
+    /// newest ready one has expired, so has everything before it.
     fn take(&self, authority: &Authority) -> Option<http1::SendRequest<RequestBody>> {
-        let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.idle_timeout);
         let newest = idle
             .iter()
             .rposition(|c| c.authority == *authority && c.sender.is_ready())?;
+        if idle[newest].since.elapsed() >= self.idle_timeout {
+            idle.drain(..=newest);
+            return None;
+        }
         Some(idle.remove(newest).sender)
     }
 
@@ -136,11 +139,13 @@ impl Pool {
         }
         let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
-            // The oldest sit first: past the idle timeout, or past the
-            // bound, they go (their sockets close).
+            // The oldest sit first: closed, past the idle timeout, or past
+            // the bound, they go (their sockets close).
             let expired = idle
                 .iter()
-                .take_while(|c| now.duration_since(c.since) >= self.idle_timeout)
+                .take_while(|c| {
+                    c.sender.is_closed() || now.duration_since(c.since) >= self.idle_timeout
+                })
                 .count();
             let over = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
             idle.drain(..expired + over);
