@@ -202,7 +202,7 @@ impl RuleSet {
 
     /// Run `f` on what conditions read of one request: the normalised
     /// path, the decoded query (when `decode_query`), and the user-agent
-    /// union, scanned if and when a condition asks.
+    /// and path unions, each scanned if and when a condition asks.
     fn with_input<R>(
         &self,
         facts: &Facts<'_>,
@@ -300,6 +300,11 @@ mod tests {
             format!("{}curl/8", "é".repeat(32 * 1024)),
             "A".repeat(100_000),
         ];
+        // Paths too long to be remembered are scanned every time.
+        let long_paths = [
+            format!("/{}/.env", "a".repeat(2000)),
+            format!("/{}/wp-login.php", "seg/".repeat(500)),
+        ];
         for agent in agents
             .iter()
             .copied()
@@ -317,7 +322,10 @@ mod tests {
                 "/user/LOGIN",
                 "/caf%C3%A9/%E9t%E9",
                 "/api/v1/sign-in.json",
-            ] {
+            ]
+            .into_iter()
+            .chain(long_paths.iter().map(String::as_str))
+            {
                 let req = http::Request::get(path)
                     .header("user-agent", agent)
                     .header("accept-language", "en")
