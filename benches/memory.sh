@@ -133,13 +133,22 @@ sample() {
 }
 
 if [ "$FLOOD" -gt 0 ]; then
+    # Addresses come from 10.0.0.0/8: past 2^24 they would repeat.
+    if [ "$FLOOD" -gt 16777216 ]; then
+        echo "memory.sh: FLOOD is at most 16777216 (10.0.0.0/8)" >&2
+        exit 2
+    fi
     sample >"$work/samples" &
     pids+=($!)
     sent=0
     while [ "$sent" -lt "$FLOOD" ]; do
+        prev=$sent
         START=$sent \
         wrk -t"$THREADS" -c"$CONNECTIONS" -d10s -s "$work/clients.lua" "http://127.0.0.1:$proxy/" >/dev/null
+        # usher dying (out of memory, say) is what this run may find.
+        kill -0 "$usher" 2>/dev/null || { echo "memory.sh: usher exited:" >&2; cat "$work/usher.err" >&2; exit 1; }
         sent=$(( $(requests) - req0 ))
+        [ "$sent" -gt "$prev" ] || { echo "memory.sh: no progress in a round" >&2; exit 1; }
         echo "memory.sh: flood: $sent of $FLOOD addresses, tracking $(metric usher_tracked_clients), RSS $(( $(rss_kib) / 1024 )) MiB" >&2
     done
     sleep 2
@@ -148,6 +157,8 @@ if [ "$FLOOD" -gt 0 ]; then
 import sys
 rss0, req0, capacity = (float(a) for a in sys.argv[1:4])
 rows = [tuple(map(float, line.split())) for line in open(sys.argv[4]) if len(line.split()) == 5]
+if not rows:
+    sys.exit("memory.sh: no RSS samples were taken")
 t0 = rows[0][0]
 # Full: 99% of the capacity (a sharded state fills its last shards late).
 full = next((i for i, r in enumerate(rows) if r[2] >= 0.99 * capacity), None)

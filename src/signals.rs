@@ -127,11 +127,13 @@ impl SignalsStage {
         status: u16,
     ) {
         let now = u32::try_from(unix_millis(now) / 1000).unwrap_or(u32::MAX);
-        update_client(&self.state, ClientKey::of(client_ip), |r| {
-            r.add_status(now, status)
-        });
+        // The request already counted as the client's use; the answer
+        // neither re-creates a client evicted meanwhile nor saves one from
+        // eviction (else every flood address would get a second chance).
+        self.state
+            .update(&ClientKey::of(client_ip), |r| r.add_status(now, status));
         if let Some(subject) = subject {
-            update_client(&self.state, ClientKey::of_subject(subject), |r| {
+            self.state.update(&ClientKey::of_subject(subject), |r| {
                 r.add_status(now, status)
             });
         }

@@ -105,11 +105,21 @@ impl<K: Hash + Eq + Copy, V> BoundedMap<K, V> {
         Some(f(&shard.entries[slot].value))
     }
 
+    /// Run `f` on the value of `key` if present, without counting it as a
+    /// use (for follow-ups, such as the response to a request already
+    /// counted): nothing is inserted, and no eviction is put off.
+    pub fn update<R>(&self, key: &K, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        let (shard, tag) = self.locate(key);
+        let mut shard = self.lock(shard);
+        let slot = shard.find(tag, key)?;
+        Some(f(&mut shard.entries[slot].value))
+    }
+
     /// Remove `key` if `remove` says so; returns whether it was removed.
     pub fn remove_if(&self, key: &K, remove: impl FnOnce(&V) -> bool) -> bool {
         let (shard, tag) = self.locate(key);
         let mut shard = self.lock(shard);
-        let Some(slot) = shard.get(tag, key) else {
+        let Some(slot) = shard.find(tag, key) else {
             return false;
         };
         if !remove(&shard.entries[slot].value) {
@@ -211,7 +221,7 @@ impl<K: Eq, V> Shard<K, V> {
     /// An empty shard for up to `capacity` entries.
     fn new(capacity: usize) -> Self {
         assert!(
-            capacity < u32::MAX as usize,
+            index_len(capacity) <= u32::MAX as usize,
             "a shard's positions must fit a bucket"
         );
         Shard {
@@ -267,12 +277,17 @@ impl<K: Eq, V> Shard<K, V> {
         }
     }
 
-    /// The position of `key`'s entry, marked as used, if it is here.
-    fn get(&mut self, tag: u32, key: &K) -> Option<usize> {
+    /// The position of `key`'s entry, if it is here.
+    fn find(&self, tag: u32, key: &K) -> Option<usize> {
         let at = self
             .probe(tag, |b| self.entries[b.slot()].key == *key)
             .ok()?;
-        let slot = self.bucket(at).slot();
+        Some(self.bucket(at).slot())
+    }
+
+    /// The position of `key`'s entry, marked as used, if it is here.
+    fn get(&mut self, tag: u32, key: &K) -> Option<usize> {
+        let slot = self.find(tag, key)?;
         self.set_referenced(slot, true);
         Some(slot)
     }
@@ -541,6 +556,35 @@ mod tests {
             assert_eq!(map.peek(r, |v| *v), Some(visits), "regular {r} was evicted");
         }
         assert!(map.evictions() >= 2_000_000 - map.capacity() as u64);
+    }
+
+    #[test]
+    fn follow_up_updates_give_newcomers_no_second_chance() {
+        // Each flood key's request is followed by an update (its
+        // response): were that a use, every newcomer would get a second
+        // chance and regulars coming back every 6,000 newcomers would be
+        // evicted.
+        let map: BoundedMap<u64, u32> = BoundedMap::new(10_000);
+        let regulars: Vec<u64> = (0..200).map(|i| u64::MAX - i).collect();
+        let mut visits = 0u32;
+        for i in 0..1_200_000u64 {
+            map.with(i, || 0, |v| *v += 1);
+            assert_eq!(map.update(&i, |v| *v), Some(1));
+            if i % 6_000 == 0 {
+                for r in &regulars {
+                    map.with(*r, || 0, |v| *v += 1);
+                }
+                visits += 1;
+            }
+        }
+        for r in &regulars {
+            assert_eq!(map.peek(r, |v| *v), Some(visits), "regular {r} was evicted");
+        }
+        assert_eq!(map.update(&u64::MAX.wrapping_sub(1_000), |v| *v), None);
+        assert!(
+            map.peek(&u64::MAX.wrapping_sub(1_000), |_| ()).is_none(),
+            "nothing inserted"
+        );
     }
 
     #[test]

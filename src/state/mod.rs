@@ -305,10 +305,10 @@ pub struct ClientRecord {
 impl ClientRecord {
     /// Move the clock on to `now` if that is later, rolling every window;
     /// returns the second an event at `now` counts at.
-    fn advance(&mut self, now: u32) -> u32 {
+    fn advance(&mut self, now: u32) {
         let from = self.clock;
         if now <= from {
-            return from;
+            return;
         }
         for (count, window) in self.requests.iter_mut().zip(RATE_WINDOWS) {
             *count = count.rolled(from, now, window);
@@ -324,7 +324,6 @@ impl ClientRecord {
         self.auth_failures = self.auth_failures.rolled(from, now, AUTH_FAILURE_WINDOW);
         self.paths = self.paths.rolled(from, now, PATHS_WINDOW);
         self.clock = now;
-        now
     }
 
     /// The second a reading at `now` is taken at: no earlier than the
@@ -418,7 +417,10 @@ impl ClientRecord {
     /// Whether nothing it remembers still counts at `now` (Unix seconds):
     /// no request and no failed credential within the longest window.
     pub fn is_idle(&self, now: u32) -> bool {
-        self.rates(now)[RATE_WINDOWS.len() - 1] == 0 && self.auth_failures(now) == 0
+        let (from, to) = self.reading(now);
+        let longest = RATE_WINDOWS.len() - 1;
+        self.requests[longest].estimate(from, to, RATE_WINDOWS[longest]) == 0
+            && self.auth_failures.estimate(from, to, AUTH_FAILURE_WINDOW) == 0
     }
 }
 
