@@ -295,7 +295,7 @@ impl Proxy {
 }
 
 /// The request's target as an origin server expects it: path and query.
-fn origin_form(uri: &Uri) -> Uri {
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
     let path = uri
         .path_and_query()
         .cloned()

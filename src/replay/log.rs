@@ -88,14 +88,20 @@ fn head(method: Method, uri: Uri, headers: HeaderMap) -> Parts {
     head
 }
 
-/// Append a recorded header; `-` or an empty value means it was not sent,
-/// and a value no header may carry is dropped.
-fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+/// Append a recorded header; `-` or an empty value means it was not sent.
+/// A value no request can carry (a control byte, say) makes the line
+/// malformed, as usher would have refused such a request (400): taking
+/// it for "not sent" would fire rules on a header that was there.
+fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) -> Result<(), LineError> {
     if value.is_empty() || value == "-" {
-        return;
+        return Ok(());
     }
-    if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-        headers.append(name, value);
+    match HeaderValue::from_bytes(value.as_bytes()) {
+        Ok(value) => {
+            headers.append(name, value);
+            Ok(())
+        }
+        Err(_) => bad(format!("`{name}` has a value no request can carry")),
     }
 }
 
@@ -109,21 +115,15 @@ fn parse_method(s: &str) -> Result<Method, LineError> {
 /// A request target as `http::Uri` accepts it: origin form, or the path of
 /// an absolute URL. The result holds the path and query only.
 fn parse_target(s: &str) -> Result<Uri, LineError> {
-    let not_a_target = || bad(format!("`{}` is not a request target", clip(s)));
-    let Ok(uri) = s.parse::<Uri>() else {
-        return not_a_target();
-    };
-    let origin_form = uri.scheme().is_none() && uri.authority().is_none();
-    match uri.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => {}
-        _ => return not_a_target(),
-    }
-    if origin_form {
-        return Ok(uri);
-    }
-    match uri.into_parts().path_and_query {
-        Some(pq) => Ok(Uri::from(pq)),
-        None => not_a_target(),
+    match s.parse::<Uri>() {
+        Ok(uri)
+            if uri
+                .path_and_query()
+                .is_some_and(|pq| pq.as_str().starts_with('/')) =>
+        {
+            Ok(crate::proxy::origin_form(&uri))
+        }
+        _ => bad(format!("`{}` is not a request target", clip(s))),
     }
 }
 
@@ -177,11 +177,11 @@ mod tests {
     #[test]
     fn blank_and_unsendable_values_are_not_headers() {
         let mut headers = HeaderMap::new();
-        insert(&mut headers, http::header::REFERER, "-");
-        insert(&mut headers, http::header::REFERER, "");
-        insert(&mut headers, http::header::REFERER, "a\nb");
+        insert(&mut headers, http::header::REFERER, "-").unwrap();
+        insert(&mut headers, http::header::REFERER, "").unwrap();
+        assert!(insert(&mut headers, http::header::REFERER, "a\nb").is_err());
         assert!(headers.is_empty());
-        insert(&mut headers, http::header::REFERER, "https://r.example/");
+        insert(&mut headers, http::header::REFERER, "https://r.example/").unwrap();
         assert_eq!(headers["referer"], "https://r.example/");
     }
 

@@ -119,7 +119,9 @@ impl Progress {
 }
 
 /// A line as text: borrowed when it is UTF-8, as nearly every line is;
-/// otherwise with replacement characters.
+/// otherwise with replacement characters. `from_utf8` first, because it
+/// checks ASCII a word at a time where `from_utf8_lossy` goes byte by
+/// byte.
 fn line_text(buf: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(buf) {
         Ok(text) => Cow::Borrowed(text),

@@ -5,10 +5,10 @@
 
 use std::collections::HashMap;
 use std::fmt;
-
-use foldhash::fast::RandomState;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use foldhash::fast::RandomState;
 
 use super::LogRequest;
 use crate::verdict::{Action, Class, Verdict};

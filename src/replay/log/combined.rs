@@ -12,12 +12,9 @@ use http::{HeaderMap, Method, Uri};
 use super::time::parse_clf_time;
 use super::{LineError, LogRequest, bad, clip, head, insert, parse_method, parse_target};
 
-/// What the common format records: no header at all.
-static NO_HEADERS: [HeaderName; 0] = [];
-/// What a line with a referer but no user agent records.
-static REFERER: [HeaderName; 1] = [header::REFERER];
-/// What the combined format records.
-static REFERER_AND_USER_AGENT: [HeaderName; 2] = [header::REFERER, header::USER_AGENT];
+/// What the combined format records; a shorter line records a prefix
+/// (the common format: none).
+static RECORDED: [HeaderName; 2] = [header::REFERER, header::USER_AGENT];
 
 /// `ip ident user [10/Oct/2026:13:55:36 -0700] "GET /p HTTP/1.1" 200 512
 /// "referer" "user agent"` (the referer and user agent may be missing, as
@@ -39,14 +36,14 @@ pub fn parse(line: &str) -> Result<LogRequest, LineError> {
     // `-` (or nothing) is how the format writes "not sent".
     let mut headers = HeaderMap::new();
     let recorded: &'static [HeaderName] = match fields.quoted() {
-        Err(_) => &NO_HEADERS,
+        Err(_) => &RECORDED[..0],
         Ok(referer) => {
-            insert(&mut headers, header::REFERER, &referer);
+            insert(&mut headers, header::REFERER, &referer)?;
             match fields.quoted() {
-                Err(_) => &REFERER,
+                Err(_) => &RECORDED[..1],
                 Ok(agent) => {
-                    insert(&mut headers, header::USER_AGENT, &agent);
-                    &REFERER_AND_USER_AGENT
+                    insert(&mut headers, header::USER_AGENT, &agent)?;
+                    &RECORDED[..]
                 }
             }
         }
@@ -262,6 +259,8 @@ mod tests {
             "999.1.1.1 - - [10/Oct/2026:13:55:36 -0700] \"GET / HTTP/1.1\" 200 1",
             "1.2.3.4",
             "1.2.3.4 - -",
+            // A control byte (escaped by the log) no request can carry.
+            "1.2.3.4 - - [10/Oct/2026:13:55:36 -0700] \"GET / HTTP/1.1\" 200 1 \"-\" \"Mozilla\\x0Aevil\"",
             "1.2.3.4 - - 10/Oct/2026:13:55:36 -0700 \"GET / HTTP/1.1\" 200 1",
             "1.2.3.4 - - [10/Oct/2026:13:55:36 -0700 \"GET / HTTP/1.1\" 200 1",
             "1.2.3.4 - - [10/Foo/2026:13:55:36 -0700] \"GET / HTTP/1.1\" 200 1",

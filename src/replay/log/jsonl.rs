@@ -85,7 +85,7 @@ fn headers(mut members: Members<'_>) -> Result<(HeaderMap, Vec<HeaderName>), Lin
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
             return bad(format!("`{}` is not a header name", clip(name)));
         };
-        insert(&mut headers, name.clone(), value);
+        insert(&mut headers, name.clone(), value)?;
         recorded.push(name);
     }
     Ok((headers, recorded))
@@ -287,6 +287,8 @@ mod tests {
             r#"{"ts": 1, "ip": "1.2.3.4", "method": "GET", "path": "/"} x"#,
             r#"{"ip": "1.2.3.4", "method": "GET", "path": "/"}"#,
             r#"{"ts": -5, "ip": "1.2.3.4", "method": "GET", "path": "/"}"#,
+            // No request can carry a control byte in a header value.
+            r#"{"ts": 1, "ip": "1.2.3.4", "method": "GET", "path": "/", "headers": {"User-Agent": "a\u0000b"}}"#,
             r#"{"ts": 1e300, "ip": "1.2.3.4", "method": "GET", "path": "/"}"#,
             r#"{"ts": 1e400, "ip": "1.2.3.4", "method": "GET", "path": "/"}"#,
             r#"{"ts": true, "ip": "1.2.3.4", "method": "GET", "path": "/"}"#,

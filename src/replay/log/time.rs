@@ -68,6 +68,7 @@ fn rfc3339(s: &str) -> Option<SystemTime> {
     let year: i64 = d.next()?.parse().ok()?;
     let month: u32 = d.next()?.parse().ok()?;
     let day: u32 = d.next()?.parse().ok()?;
+    d.next().is_none().then_some(())?;
     let zone_at = time.find(['Z', 'z', '+', '-']).filter(|&i| i >= 8)?;
     let (clock, zone) = time.split_at(zone_at);
     let (clock, nanos) = match clock.split_once('.') {
@@ -305,6 +306,7 @@ mod tests {
             "2026-13-01T00:00:00Z",
             "2026-02-30T00:00:00Z",
             "2026-11-26T25:00:00Z",
+            "2026-11-26-99T00:00:00Z",
             "2026-11-26T03:31:41.Z",
             "2026-11-26T03:31:41.5xZ",
             "2026-11-26T03:31:41+1:00",
