@@ -7,16 +7,11 @@ use std::net::IpAddr;
 use bytes::BytesMut;
 
 use http::Version;
-use http::header::{
-    CONNECTION, COOKIE, FORWARDED, HOST, HeaderMap, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{CONNECTION, COOKIE, HOST, HeaderMap, HeaderName, HeaderValue, TE, UPGRADE};
 
 use crate::config::Labels;
 use crate::verdict::Verdict;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -37,15 +32,42 @@ pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
         && lists_token(headers, &CONNECTION, "upgrade")
 }
 
+/// Headers that are hop-by-hop whatever `Connection` lists. Names are
+/// matched as text: a length test rejects most at once.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// Remove every header `doomed` picks. Names are compared, not hashed, so
+/// a map holding none of them (the usual case) costs one pass and no
+/// lookups.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(&name);
+    }
+}
+
 /// Remove hop-by-hop headers, including every header the `Connection`
 /// header names. `TE: trailers` survives; with `keep_upgrade`, `Upgrade`
 /// and `Connection: upgrade` survive for a protocol switch.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(&CONNECTION) {
-        // Names to remove; `close` and `keep-alive` (the usual tokens) need
-        // no allocation, the `Keep-Alive` header goes below anyway.
-        let mut listed: Vec<HeaderName> = Vec::new();
-        for value in headers.get_all(&CONNECTION) {
+    let mut found = false;
+    let mut trailers = false;
+    // Names `Connection` lists; `close` and `keep-alive` (the usual
+    // tokens) need no allocation, the `Keep-Alive` header goes anyway.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter() {
+        if name == CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") || token.eq_ignore_ascii_case(b"keep-alive")
@@ -61,57 +83,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
                 }
                 listed.push(name);
             }
+        } else if name == TE {
+            trailers |= value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         }
-        for name in &listed {
-            headers.remove(name);
-        }
-        headers.remove(&CONNECTION);
+        found |= is_hop_by_hop(name);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TRANSFER_ENCODING,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
+    // `listed` is empty unless `Connection` was found.
+    if found {
+        remove_where(headers, |name| {
+            (is_hop_by_hop(name) && !(keep_upgrade && name == UPGRADE)) || listed.contains(name)
+        });
     }
-    if headers.contains_key(&TE) {
-        let trailers = lists_token(headers, &TE, "trailers");
-        headers.remove(&TE);
-        if trailers {
-            headers.insert(TE, HeaderValue::from_static("trailers"));
-        }
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(&UPGRADE);
     }
 }
 
 /// Headers in which some client, CDN or proxy reports a client address.
 /// usher alone tells the upstream who the client is, so all are removed.
-static CLIENT_ADDRESS: [HeaderName; 7] = [
-    FORWARDED,
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("fastly-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-];
+fn reports_client_address(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-real-ip"
+            | "true-client-ip"
+            | "x-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-cluster-client-ip"
+    )
+}
 
 /// Headers describing the original request's scheme, host, port or path;
 /// believed only from trusted proxies.
-static ORIGIN: [HeaderName; 6] = [
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-prefix"),
-    HeaderName::from_static("x-forwarded-scheme"),
-    HeaderName::from_static("x-forwarded-ssl"),
-];
+fn describes_origin(name: &HeaderName) -> bool {
+    name.as_str()
+        .strip_prefix("x-forwarded-")
+        .is_some_and(|rest| {
+            matches!(
+                rest,
+                "proto" | "host" | "port" | "prefix" | "scheme" | "ssl"
+            )
+        })
+}
 
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
@@ -130,32 +150,86 @@ pub fn set_forwarding(
     peer_trusted: bool,
     host: Option<HeaderValue>,
 ) {
-    for name in &CLIENT_ADDRESS {
-        headers.remove(name);
-    }
-    if !peer_trusted {
-        for name in &ORIGIN {
-            headers.remove(name);
-        }
-    }
-    let mut chain = BytesMut::with_capacity(48);
-    let _ = write!(chain, "{client}");
-    if let Ok(value) = HeaderValue::from_maybe_shared(chain.clone().freeze()) {
+    remove_where(headers, |name| {
+        reports_client_address(name) || (!peer_trusted && describes_origin(name))
+    });
+    let mut chain = IpText::new(client);
+    if let Ok(value) = HeaderValue::from_bytes(chain.as_bytes()) {
         headers.insert(X_REAL_IP.clone(), value);
     }
     if client != peer {
-        let _ = write!(chain, ", {peer}");
+        chain.push(b',');
+        chain.push(b' ');
+        chain.push_ip(peer);
     }
-    if let Ok(value) = HeaderValue::from_maybe_shared(chain.freeze()) {
+    if let Ok(value) = HeaderValue::from_bytes(chain.as_bytes()) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers
+        .entry(X_FORWARDED_PROTO.clone())
+        .or_insert(HeaderValue::from_static("http"));
+    if let Some(host) = host {
+        headers.entry(X_FORWARDED_HOST.clone()).or_insert(host);
     }
-    if !headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = host
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+}
+
+/// One or two addresses as text, without the formatting machinery:
+/// `X-Forwarded-For` is written on every request.
+struct IpText {
+    buf: [u8; 2 * 39 + 2],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; 2 * 39 + 2],
+            len: 0,
+        };
+        text.push_ip(ip);
+        text
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn push_ip(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            // Rare enough for `Display`; at most 39 bytes.
+            IpAddr::V6(v6) => {
+                let _ = write!(self, "{v6}");
+            }
+        }
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let room = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        room.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -321,6 +395,11 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
             ("true-client-ip", "6.6.6.6"),
+            ("cf-connecting-ip", "6.6.6.6"),
+            ("x-cluster-client-ip", "6.6.6.6"),
+            ("x-forwarded-ssl", "on"),
+            ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-other", "kept"),
         ]);
         let peer: IpAddr = "192.0.2.9".parse().unwrap();
         set_forwarding(
@@ -334,9 +413,18 @@ mod tests {
         assert_eq!(h["x-real-ip"], "192.0.2.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "site");
-        for gone in ["forwarded", "true-client-ip", "x-forwarded-port"] {
+        for gone in [
+            "forwarded",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-cluster-client-ip",
+            "x-forwarded-port",
+            "x-forwarded-ssl",
+            "x-forwarded-prefix",
+        ] {
             assert!(!h.contains_key(gone), "{gone}");
         }
+        assert_eq!(h["x-forwarded-other"], "kept");
     }
 
     #[test]
@@ -356,6 +444,25 @@ mod tests {
         assert_eq!(h["x-forwarded-port"], "443");
         assert!(!h.contains_key("forwarded"));
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<IpAddr> = (0..=255u8)
+            .map(|o| IpAddr::from([o, 255 - o, o / 3, 7]))
+            .collect();
+        for v6 in ["::", "::1", "2001:db8::8:800:200c:417a", "::ffff:1.2.3.4"] {
+            ips.push(v6.parse().unwrap());
+        }
+        for ip in ips {
+            assert_eq!(IpText::new(ip).as_bytes(), ip.to_string().as_bytes());
+        }
+        let longest: IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let mut chain = IpText::new(longest);
+        chain.push(b',');
+        chain.push(b' ');
+        chain.push_ip(longest);
+        assert_eq!(chain.as_bytes(), format!("{longest}, {longest}").as_bytes());
     }
 
     #[test]

@@ -202,7 +202,9 @@ impl Proxy {
         }
 
         // Rewrite for the upstream; labels last, so nothing can undo them.
-        let host = parts.headers.get(HOST).cloned().or_else(|| {
+        let host_header = parts.headers.get(HOST).cloned();
+        let has_host = host_header.is_some();
+        let host = host_header.or_else(|| {
             parts
                 .uri
                 .authority()
@@ -217,7 +219,7 @@ impl Proxy {
             trusted_peer,
             host.clone(),
         );
-        if !parts.headers.contains_key(HOST) {
+        if !has_host {
             // HTTP/1.1 needs a Host: the client's, or failing that the
             // upstream's own name.
             if let Some(host) = host.or_else(|| settings.upstream_host.clone()) {
@@ -249,7 +251,8 @@ impl Proxy {
                 ));
             }
         };
-        let took = sent.elapsed();
+        let answered = Instant::now();
+        let took = answered.saturating_duration_since(sent);
         self.metrics.observe_upstream(took);
         done.upstream = Some(took);
         settings.classifier.signals().record_status(
@@ -274,8 +277,11 @@ impl Proxy {
         // The client hears its own protocol, whatever the upstream spoke.
         *response.version_mut() = client_version;
         done.status = response.status().as_u16();
-        self.metrics
-            .observe_added(started.elapsed().saturating_sub(took));
+        self.metrics.observe_added(
+            answered
+                .saturating_duration_since(started)
+                .saturating_sub(took),
+        );
         Ok(response.map(|body| ProxyBody::upstream(body, done, lease)))
     }
 
