@@ -1,13 +1,13 @@
-//! Conditions: what a rule looks at. Compiled once at load (regexes into
-//! `RegexSet`s, literal lists into Aho-Corasick automata); evaluated per
-//! request without allocating.
+//! Conditions: what a rule looks at. Compiled once at load (regexes and
+//! literal lists into `RegexSet`s); evaluated per request without
+//! allocating.
 
-use aho_corasick::AhoCorasick;
 use http::{HeaderName, Method};
 use regex::RegexSet;
 use regex::bytes::{Regex as BytesRegex, RegexSet as BytesRegexSet};
 
 use super::netset::NetSet;
+use super::screen::Screened;
 use crate::facts::Facts;
 use crate::identity::Identity;
 use crate::memo_set::{Matched, MemoSet};
@@ -227,13 +227,15 @@ pub enum Condition {
     /// A header is present and one of its values matches (as bytes).
     Header(HeaderName, BytesRegex),
     /// Some header's value matches (as bytes).
-    AnyHeader(BytesRegex),
+    AnyHeader(Screened),
     /// The user agent matches one of these regexes (as bytes); the index
     /// is where they start in the rule set's union of every `user_agent`
     /// pattern ([`NOT_IN_UNION`] until the rule set places them).
     UserAgent(BytesRegexSet, usize),
-    /// The user agent contains one of these strings (ASCII case-insensitive).
-    UserAgentContains(AhoCorasick),
+    /// The user agent contains one of these strings (ASCII
+    /// case-insensitive), each an escaped pattern so that it joins the
+    /// `user_agent` union like [`Condition::UserAgent`].
+    UserAgentContains(BytesRegexSet, usize),
     /// The request has no usable `User-Agent`.
     UserAgentMissing,
     /// The client address is in one of these networks.
@@ -323,7 +325,10 @@ impl Condition {
     /// included) to `union`, each condition noting where its own start.
     pub fn place_in_union(&mut self, of: UnionOf, union: &mut Vec<String>) {
         let (patterns, first) = match (self, of) {
-            (Condition::UserAgent(set, first), UnionOf::UserAgent) => (set.patterns(), first),
+            (
+                Condition::UserAgent(set, first) | Condition::UserAgentContains(set, first),
+                UnionOf::UserAgent,
+            ) => (set.patterns(), first),
             (Condition::Path(set, first), UnionOf::Path) => (set.patterns(), first),
             (Condition::All(list) | Condition::Any(list), _) => {
                 list.iter_mut().for_each(|c| c.place_in_union(of, union));
@@ -436,19 +441,17 @@ impl Condition {
                 // Some unrecorded header might have matched.
                 return facts.recorded.is_none().then_some(false);
             }
-            Condition::UserAgent(set, first) => match facts.user_agent {
-                Some(ua) => match &input.user_agent_matches {
-                    Some(union) => union
-                        .any(*first, set.len())
-                        .unwrap_or_else(|| set.is_match(ua)),
-                    None => set.is_match(ua),
-                },
-                None => return missing(&http::header::USER_AGENT),
-            },
-            Condition::UserAgentContains(ac) => match facts.user_agent {
-                Some(ua) => ac.is_match(ua),
-                None => return missing(&http::header::USER_AGENT),
-            },
+            Condition::UserAgent(set, first) | Condition::UserAgentContains(set, first) => {
+                match facts.user_agent {
+                    Some(ua) => match &input.user_agent_matches {
+                        Some(union) => union
+                            .any(*first, set.len())
+                            .unwrap_or_else(|| set.is_match(ua)),
+                        None => set.is_match(ua),
+                    },
+                    None => return missing(&http::header::USER_AGENT),
+                }
+            }
             Condition::UserAgentMissing => {
                 if facts.user_agent.is_none() && unrecorded(&http::header::USER_AGENT) {
                     return None;
@@ -567,15 +570,23 @@ impl Condition {
                     None => format!("user agent matches one of {}", quoted(set.patterns())),
                 }
             }
-            Condition::UserAgentContains(ac) => {
-                match facts
-                    .user_agent
-                    .and_then(|ua| ac.find(ua).map(|m| &ua[m.range()]))
-                {
-                    Some(hit) => format!("user agent contains '{}'", String::from_utf8_lossy(hit)),
+            Condition::UserAgentContains(set, _) => {
+                // Explaining is rare: compile the one pattern that hit to
+                // show the text it found.
+                let hit = facts.user_agent.and_then(|ua| {
+                    let i = set.matches(ua).iter().next()?;
+                    let found = regex::bytes::RegexBuilder::new(&set.patterns()[i])
+                        .unicode(false)
+                        .build()
+                        .ok()?
+                        .find(ua)?;
+                    Some(String::from_utf8_lossy(found.as_bytes()).into_owned())
+                });
+                match hit {
+                    Some(hit) => format!("user agent contains '{hit}'"),
                     None => format!(
                         "user agent contains one of the rule's {} strings",
-                        ac.patterns_len()
+                        set.len()
                     ),
                 }
             }

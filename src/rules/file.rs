@@ -10,7 +10,6 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder};
 use http::{HeaderName, Method};
 use regex::bytes::{
     Regex as BytesRegex, RegexSet as BytesRegexSet, RegexSetBuilder as BytesRegexSetBuilder,
@@ -21,6 +20,7 @@ use toml::Spanned;
 
 use super::condition::{Comparison, Condition, IdentityKind, SignalName};
 use super::netset::NetSet;
+use super::screen::Screened;
 use super::{Effect, Mode, Rule, RuleSet};
 use crate::config::{
     ConfigError, Diagnostic, Diagnostics, OneOrMany, Origin, Severity, parse_toml_value,
@@ -997,7 +997,8 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
     }
     if let Some(r) = when.any_header {
         let span = r.span();
-        all.push(Condition::AnyHeader(bytes_regex(r.get_ref(), span, notes)?));
+        let regex = bytes_regex(r.get_ref(), span, notes)?;
+        all.push(Condition::AnyHeader(Screened::new(regex, r.get_ref())));
     }
     match when.path_escapes_root {
         Some(true) => all.push(Condition::PathEscapesRoot),
@@ -1016,11 +1017,20 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
         if list.iter().any(String::is_empty) {
             return at(span, "empty strings would match every user agent");
         }
-        let ac: AhoCorasick = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .build(&list)
-            .or_else(|e| at(span, format!("cannot build the literal matcher: {e}")))?;
-        all.push(Condition::UserAgentContains(ac));
+        // `(?i)` folds ASCII only: the set is built with Unicode off.
+        let patterns: Vec<String> = list
+            .iter()
+            .map(|s| format!("(?i){}", regex::escape(s)))
+            .collect();
+        let set = BytesRegexSetBuilder::new(&patterns)
+            .unicode(false)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .or_else(|e| at(span, format!("cannot build the string matcher: {e}")))?;
+        all.push(Condition::UserAgentContains(
+            set,
+            super::condition::NOT_IN_UNION,
+        ));
     }
     match when.user_agent_missing {
         Some(true) => all.push(Condition::UserAgentMissing),

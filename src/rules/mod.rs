@@ -5,6 +5,7 @@ pub mod condition;
 pub mod file;
 pub mod netset;
 pub mod path;
+pub mod screen;
 
 use std::sync::Arc;
 
@@ -292,6 +293,9 @@ mod tests {
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0.0.0 Safari/537.36",
             "Mozilla/5.0 (compatible; ExampleBot/1.0; +https://example.com/bot)",
             "Mozilla/5.0 Ünïcödé \u{1F916} bot",
+            "Mozilla/5.0 PLAYWRIGHT/1.48 (x.y; z) phantomjs",
+            // Unicode folding would take U+017F for `s`; ASCII folding must not.
+            "Mozilla/5.0 Headle\u{17F}\u{17F}Chrome/120",
             "",
             "-",
         ];

@@ -243,6 +243,12 @@ fn each_condition_matches_and_misses() {
         req("/").header("user-agent", "Python-Requests/2.31"),
         req("/"),
     );
+    // ASCII case-insensitive only: U+017F is not an `s` here.
+    matches(
+        "when.user_agent_contains = [\"HeadlessChrome\", \"a.b(\"]",
+        req("/").header("user-agent", "x HEADLESSCHROME/1"),
+        req("/").header("user-agent", "Headle\u{17F}\u{17F}Chrome axb("),
+    );
     matches(
         "when.user_agent_missing = true",
         req("/").no_user_agent(),
