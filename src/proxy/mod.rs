@@ -251,8 +251,7 @@ impl Proxy {
                 ));
             }
         };
-        let answered = Instant::now();
-        let took = answered.saturating_duration_since(sent);
+        let took = sent.elapsed();
         self.metrics.observe_upstream(took);
         done.upstream = Some(took);
         settings.classifier.signals().record_status(
@@ -277,11 +276,8 @@ impl Proxy {
         // The client hears its own protocol, whatever the upstream spoke.
         *response.version_mut() = client_version;
         done.status = response.status().as_u16();
-        self.metrics.observe_added(
-            answered
-                .saturating_duration_since(started)
-                .saturating_sub(took),
-        );
+        self.metrics
+            .observe_added(started.elapsed().saturating_sub(took));
         Ok(response.map(|body| ProxyBody::upstream(body, done, lease)))
     }
 

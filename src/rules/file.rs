@@ -1017,20 +1017,28 @@ fn compile_when(when: When, notes: &mut Notes<'_>) -> Result<Condition, Located>
         if list.iter().any(String::is_empty) {
             return at(span, "empty strings would match every user agent");
         }
-        // `(?i)` folds ASCII only: the set is built with Unicode off.
-        let patterns: Vec<String> = list
-            .iter()
-            .map(|s| format!("(?i){}", regex::escape(s)))
-            .collect();
-        let set = BytesRegexSetBuilder::new(&patterns)
-            .unicode(false)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .or_else(|e| at(span, format!("cannot build the string matcher: {e}")))?;
-        all.push(Condition::UserAgentContains(
-            set,
-            super::condition::NOT_IN_UNION,
-        ));
+        if list.len() > super::condition::FEW_STRINGS {
+            let ac = aho_corasick::AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .build(&list)
+                .or_else(|e| at(span, format!("cannot build the string matcher: {e}")))?;
+            all.push(Condition::UserAgentContainsMany(ac));
+        } else {
+            // `(?i)` folds ASCII only: the set is built with Unicode off.
+            let patterns: Vec<String> = list
+                .iter()
+                .map(|s| format!("(?i){}", regex::escape(s)))
+                .collect();
+            let set = BytesRegexSetBuilder::new(&patterns)
+                .unicode(false)
+                .size_limit(REGEX_SIZE_LIMIT)
+                .build()
+                .or_else(|e| at(span, format!("cannot build the string matcher: {e}")))?;
+            all.push(Condition::UserAgentContains(
+                set,
+                super::condition::NOT_IN_UNION,
+            ));
+        }
     }
     match when.user_agent_missing {
         Some(true) => all.push(Condition::UserAgentMissing),

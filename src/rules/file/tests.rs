@@ -243,6 +243,16 @@ fn each_condition_matches_and_misses() {
         req("/").header("user-agent", "Python-Requests/2.31"),
         req("/"),
     );
+    // A long list gets an automaton of its own, matching the same way.
+    let many: Vec<String> = (0..100).map(|i| format!("\"Bot{i:03}/\"")).collect();
+    matches(
+        &format!(
+            "when.user_agent_contains = [{}, \"HeadlessChrome\"]",
+            many.join(", ")
+        ),
+        req("/").header("user-agent", "x HEADLESSCHROME/1 bot042/"),
+        req("/").header("user-agent", "Headle\u{17F}\u{17F}Chrome bot42/"),
+    );
     // ASCII case-insensitive only: U+017F is not an `s` here.
     matches(
         "when.user_agent_contains = [\"HeadlessChrome\", \"a.b(\"]",
