@@ -11,6 +11,7 @@ use crate::limits::Limits;
 use crate::rules::{Outcome, RuleSet};
 use crate::signals::{Signals, SignalsStage};
 use crate::state::ClientStore;
+use crate::state::shared::Shared;
 use crate::verdict::{Action, Class, Verdict};
 use std::sync::Arc;
 
@@ -99,7 +100,15 @@ impl Classifier {
         let warnings = found.into_result()?;
         let signals = match previous {
             Some(p) => p.signals.clone(),
-            None => SignalsStage::new(Arc::new(ClientStore::new(config.state.capacity))),
+            None => {
+                let stage = SignalsStage::new(Arc::new(ClientStore::new(config.state.capacity)));
+                match config.state.shared() {
+                    Some(shared) => {
+                        stage.with_shared(Arc::new(Shared::new(shared, config.state.capacity)))
+                    }
+                    None => stage,
+                }
+            }
         };
         let capacity = signals.state().capacity();
         let crawlers = Crawlers::after(
@@ -188,6 +197,9 @@ impl Classifier {
             && self.identity.on_invalid() == OnInvalid::Deny
         {
             verdict.action = Action::Deny;
+        }
+        if verdict.class == Class::MaliciousBot || verdict.action == Action::Deny {
+            self.signals.share_verdict(facts, &identity, &signals);
         }
         Classification {
             identity,

@@ -135,6 +135,8 @@ pub struct Metrics {
     tracked_clients_capacity: IntGauge,
     /// Client records evicted to make room (caught up at scrape time).
     pub state_evictions: IntCounter,
+    /// The state backend's health and syncs.
+    pub state_sync: crate::state::shared::SyncMetrics,
     /// Reloads by result: success, failure.
     config_reloads: [IntCounter; 2],
     /// When the running configuration was loaded (Unix seconds).
@@ -448,6 +450,39 @@ impl Metrics {
                 "Client records forgotten to make room for new clients.",
             )?,
         )?;
+        let state_sync = crate::state::shared::SyncMetrics {
+            up: register(
+                &registry,
+                IntGauge::new(
+                    "usher_state_backend_up",
+                    "1 while the state backend is usable: always for memory; for redis, while the last sync with Redis succeeded (else usher serves on local state).",
+                )?,
+            )?,
+            errors: register(
+                &registry,
+                IntCounter::new(
+                    "usher_state_sync_errors_total",
+                    "Syncs with the Redis state backend that failed (unreachable, slow past the timeout, or answering errors).",
+                )?,
+            )?,
+            dropped: register(
+                &registry,
+                IntCounter::new(
+                    "usher_state_sync_dropped_total",
+                    "Client updates not shared because too many clients waited for the next sync (65536).",
+                )?,
+            )?,
+            duration: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "usher_state_sync_duration_seconds",
+                        "Time one sync with the Redis state backend took: flushing local counts and reading the global ones back.",
+                    )
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+                )?,
+            )?,
+        };
 
         let reloads_vec = register(
             &registry,
@@ -514,6 +549,7 @@ impl Metrics {
             tracked_clients,
             tracked_clients_capacity,
             state_evictions,
+            state_sync,
             config_reloads,
             config_loaded,
             last_reload_successful,

@@ -386,6 +386,20 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
             "state.capacity",
             running.state.capacity == new.state.capacity,
         ),
+        ("state.backend", running.state.backend == new.state.backend),
+        ("state.url", running.state.url == new.state.url),
+        (
+            "state.key_prefix",
+            running.state.key_prefix == new.state.key_prefix,
+        ),
+        (
+            "state.sync_interval",
+            running.state.sync_interval == new.state.sync_interval,
+        ),
+        (
+            "state.verdict_ttl",
+            running.state.verdict_ttl == new.state.verdict_ttl,
+        ),
     ]
     .into_iter()
     .filter(|(_, same)| !same)

@@ -151,6 +151,7 @@ impl Server {
         ));
 
         let sweeper = tokio::spawn(forget_idle_clients(proxy.clone()));
+        let sync = start_sharing(&proxy, &metrics);
         for jwks in classifier_jwks(&proxy) {
             tokio::spawn(crate::identity::jwks::RemoteJwks::run(
                 Arc::downgrade(&jwks),
@@ -238,6 +239,9 @@ impl Server {
             );
         }
         sweeper.abort();
+        if let Some(sync) = sync {
+            sync.abort();
+        }
         access_log.flush(Duration::from_secs(2));
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
@@ -268,6 +272,22 @@ async fn forget_idle_clients(proxy: Arc<Proxy>) {
             tracing::debug!(forgotten, "idle clients forgotten");
         }
     }
+}
+
+/// Start syncing client state with Redis when the backend is Redis; with
+/// memory, the backend is simply up.
+fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) -> Option<tokio::task::JoinHandle<()>> {
+    let settings = proxy.settings();
+    let signals = settings.classifier.signals();
+    let Some(shared) = signals.shared().cloned() else {
+        metrics.state_sync.up.set(1);
+        return None;
+    };
+    shared.set_metrics(metrics.state_sync.clone());
+    let state = signals.state().clone();
+    Some(tokio::spawn(
+        shared.run(move |key| crate::state::client(&state, key)),
+    ))
 }
 
 fn classifier_jwks(proxy: &Proxy) -> Vec<Arc<crate::identity::jwks::RemoteJwks>> {

@@ -9,6 +9,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::facts::Facts;
 use crate::identity::Identity;
+use crate::state::shared::Shared;
 use crate::state::{ClientKey, ClientRecord, ClientStore, update_client};
 
 /// Derived observations about one request, read by the rules.
@@ -37,6 +38,9 @@ pub struct Signals {
     pub interarrival_cv: Option<f32>,
     /// What became of a crawler claim in the user agent.
     pub crawler: crate::crawlers::Claim,
+    /// Another replica judged the client `malicious_bot` lately (shared
+    /// state only).
+    pub shared_verdict: bool,
 }
 
 /// Computes signals, keeping per-client behaviour in `state`. A clone
@@ -44,6 +48,8 @@ pub struct Signals {
 #[derive(Clone, Debug)]
 pub struct SignalsStage {
     state: Arc<ClientStore>,
+    /// Counts and verdicts shared with other replicas, when configured.
+    shared: Option<Arc<Shared>>,
     /// Keys the distinct-paths hash: random per process, so a client
     /// cannot choose paths that all land on one bit of the sketch (fixed
     /// in replays, so that the same log gives the same answers).
@@ -61,7 +67,45 @@ impl SignalsStage {
     pub fn new(state: Arc<ClientStore>) -> Self {
         SignalsStage {
             state,
+            shared: None,
             paths_key: random_key(),
+        }
+    }
+
+    /// The same stage, sharing counts and verdicts through `shared`.
+    pub fn with_shared(mut self, shared: Arc<Shared>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// What is shared with other replicas, if anything.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// A client's record with what other replicas added (as of the last
+    /// sync), and whether one of them judged it `malicious_bot`.
+    fn with_remote(&self, key: ClientKey, own: ClientRecord, now: u32) -> (ClientRecord, bool) {
+        match self.shared.as_ref().and_then(|s| s.remote(key)) {
+            Some(remote) => (remote.merged(&own, now), remote.verdict(now)),
+            None => (own, false),
+        }
+    }
+
+    /// Tell the other replicas that this one judged a client (its address,
+    /// and its subject when verified) `malicious_bot`. Not when the
+    /// judgement rests on their word: a verdict expires unless some
+    /// replica reaches it again on its own.
+    pub fn share_verdict(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        if signals.shared_verdict {
+            return;
+        }
+        shared.note_verdict(ClientKey::of(facts.client_ip));
+        if let Some(subject) = identity.subject() {
+            shared.note_verdict(ClientKey::of_subject(subject));
         }
     }
 
@@ -85,20 +129,32 @@ impl SignalsStage {
         let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
         let target = self.target_hash(facts);
         let failed = matches!(identity, Identity::Invalid { .. });
-        let by_address = update_client(&self.state, ClientKey::of(facts.client_ip), |r| {
+        let address = ClientKey::of(facts.client_ip);
+        let by_address = update_client(&self.state, address, |r| {
             r.add_request(now_ms, target);
             if failed {
                 r.add_auth_failure(now);
             }
         });
+        if let Some(shared) = &self.shared {
+            shared.note_request(address, failed);
+        }
+        let (by_address, mut shared_verdict) = self.with_remote(address, by_address, now);
         let mut signals = Signals::read(&by_address, now);
         signals.user_agent_missing = facts.user_agent.is_none_or(is_blank_agent);
         if let Some(subject) = identity.subject() {
-            let by_subject = update_client(&self.state, ClientKey::of_subject(subject), |r| {
+            let key = ClientKey::of_subject(subject);
+            let by_subject = update_client(&self.state, key, |r| {
                 r.add_request(now_ms, target);
             });
+            if let Some(shared) = &self.shared {
+                shared.note_request(key, false);
+            }
+            let (by_subject, verdict) = self.with_remote(key, by_subject, now);
+            shared_verdict |= verdict;
             signals.combine(Signals::read(&by_subject, now));
         }
+        signals.shared_verdict = shared_verdict;
         signals
     }
 
@@ -130,12 +186,17 @@ impl SignalsStage {
         // The request already counted as the client's use; the answer
         // neither re-creates a client evicted meanwhile nor saves one from
         // eviction (else every flood address would get a second chance).
-        self.state
-            .update(&ClientKey::of(client_ip), |r| r.add_status(now, status));
+        let address = ClientKey::of(client_ip);
+        self.state.update(&address, |r| r.add_status(now, status));
+        if let Some(shared) = &self.shared {
+            shared.note_status(address, status);
+        }
         if let Some(subject) = subject {
-            self.state.update(&ClientKey::of_subject(subject), |r| {
-                r.add_status(now, status)
-            });
+            let key = ClientKey::of_subject(subject);
+            self.state.update(&key, |r| r.add_status(now, status));
+            if let Some(shared) = &self.shared {
+                shared.note_status(key, status);
+            }
         }
     }
 }

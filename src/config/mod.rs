@@ -234,14 +234,108 @@ pub struct StateConfig {
     /// evicted past it.
     #[serde(deserialize_with = "capacity")]
     pub capacity: usize,
+    /// Where client state lives besides this process's memory.
+    pub backend: Backend,
+    /// The Redis server for `backend = "redis"` (`redis://` or `rediss://`).
+    #[serde(deserialize_with = "redis_url")]
+    pub url: Option<String>,
+    /// Put before every key usher writes to Redis.
+    #[serde(deserialize_with = "key_prefix")]
+    pub key_prefix: String,
+    /// How often local counts are flushed to Redis and global ones read
+    /// back: how stale another replica's view can be.
+    #[serde(deserialize_with = "sync_interval")]
+    pub sync_interval: Duration,
+    /// How long a `malicious_bot` verdict is shared with other replicas.
+    #[serde(deserialize_with = "verdict_ttl")]
+    pub verdict_ttl: Duration,
+}
+
+/// Where client state lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// This process only.
+    #[default]
+    Memory,
+    /// This process, with counts and verdicts shared through Redis.
+    Redis,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             capacity: 1_000_000,
+            backend: Backend::Memory,
+            url: None,
+            key_prefix: "usher:".to_owned(),
+            sync_interval: Duration::from_millis(100),
+            verdict_ttl: Duration::from_secs(300),
         }
     }
+}
+
+impl StateConfig {
+    /// How to share state, when the backend is Redis.
+    pub fn shared(&self) -> Option<crate::state::shared::SharedConfig> {
+        match (self.backend, &self.url) {
+            (Backend::Redis, Some(url)) => Some(crate::state::shared::SharedConfig {
+                url: url.clone(),
+                key_prefix: self.key_prefix.clone(),
+                sync_interval: self.sync_interval,
+                verdict_ttl: self.verdict_ttl,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(serde::de::Error::custom(
+            "url must start with redis:// or rediss://",
+        ));
+    }
+    // Parsed only; nothing connects until `serve` starts. The error does
+    // not echo the URL, which may hold a password.
+    redis::Client::open(url.as_str())
+        .map_err(|e| serde::de::Error::custom(format!("not a Redis URL: {}", e.category())))?;
+    Ok(Some(url))
+}
+
+fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let prefix = String::deserialize(d)?;
+    if prefix.len() > 64
+        || prefix
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b == b'{' || b == b'}')
+    {
+        return Err(serde::de::Error::custom(
+            "key_prefix must be at most 64 printable ASCII characters, without spaces or braces",
+        ));
+    }
+    Ok(prefix)
+}
+
+fn sync_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let interval = duration::deserialize(d)?;
+    if !(Duration::from_millis(10)..=Duration::from_secs(1)).contains(&interval) {
+        return Err(serde::de::Error::custom(
+            "sync_interval must be between 10ms and 1s",
+        ));
+    }
+    Ok(interval)
+}
+
+fn verdict_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let ttl = duration::deserialize(d)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&ttl) {
+        return Err(serde::de::Error::custom(
+            "verdict_ttl must be between 1s and 24h",
+        ));
+    }
+    Ok(ttl)
 }
 
 /// Reverse DNS for crawler claims (the crawlers themselves are defined in
@@ -341,6 +435,12 @@ impl Config {
                 "`listen` and `admin` are both {}; they must differ",
                 self.listen
             )));
+        }
+        if self.state.backend == Backend::Redis && self.state.url.is_none() {
+            return Err(inconsistent(
+                "state: backend = \"redis\" needs `url` (redis://host:6379 or rediss://…)"
+                    .to_owned(),
+            ));
         }
         let l = &self.labels;
         let names = [&l.class, &l.score, &l.reasons, &l.subject];
@@ -675,11 +775,35 @@ shutdown = "1h"
             ("access_log = \"syslog\"", "access_log", 1),
             ("client_ip_header = \"x-real-ip\"", "client_ip_header", 1),
             ("listen = 8080", "listen", 1),
+            ("[state]\nbackend = \"etcd\"", "state.backend", 2),
+            ("[state]\nurl = \"http://redis:6379\"", "state.url", 2),
+            ("[state]\nurl = \"redis://h:notaport\"", "state.url", 2),
+            ("[state]\nkey_prefix = \"a b\"", "state.key_prefix", 2),
+            ("[state]\nkey_prefix = \"{x}\"", "state.key_prefix", 2),
+            ("[state]\nsync_interval = \"5s\"", "state.sync_interval", 2),
+            ("[state]\nverdict_ttl = \"0s\"", "state.verdict_ttl", 2),
         ] {
             let e = err(text);
             assert!(e.starts_with(&format!("usher.toml:{line}:")), "{text}: {e}");
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn redis_backend_needs_a_url_and_keeps_its_password_out_of_errors() {
+        let e = err("[state]\nbackend = \"redis\"\n");
+        assert!(e.contains("needs `url`"), "{e}");
+        let e = err("[state]\nbackend = \"redis\"\nurl = \"redis://:s3cret@h:badport/\"\n");
+        assert!(e.contains("state.url") && !e.contains("s3cret"), "{e}");
+        let c = Config::parse(
+            "[state]\nbackend = \"redis\"\nurl = \"rediss://:pw@redis.internal:6380/2\"\n",
+            "usher.toml",
+        )
+        .unwrap();
+        let shared = c.state.shared().unwrap();
+        assert_eq!(shared.sync_interval, Duration::from_millis(100));
+        assert_eq!(shared.key_prefix, "usher:");
+        assert!(Config::default().state.shared().is_none());
     }
 
     #[test]

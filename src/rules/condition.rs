@@ -94,6 +94,9 @@ pub enum SignalName {
     /// The coefficient of variation of the gaps between the client's
     /// requests; unknown (no comparison holds) until ten gaps were seen.
     InterarrivalCv,
+    /// 1 while another replica's `malicious_bot` verdict on the client
+    /// stands (shared state), else 0.
+    SharedVerdict,
 }
 
 impl SignalName {
@@ -110,9 +113,10 @@ impl SignalName {
         "status_401_403_60s",
         "distinct_paths_60s",
         "interarrival_cv",
+        "shared_verdict",
     ];
 
-    const ALL: [SignalName; 11] = [
+    const ALL: [SignalName; 12] = [
         SignalName::AuthFailures5m,
         SignalName::Rate1s,
         SignalName::Rate10s,
@@ -124,6 +128,7 @@ impl SignalName {
         SignalName::Status401Or40360s,
         SignalName::DistinctPaths60s,
         SignalName::InterarrivalCv,
+        SignalName::SharedVerdict,
     ];
 
     /// The signal's name in rule files.
@@ -157,6 +162,7 @@ impl SignalName {
             }
             SignalName::DistinctPaths60s => f64::from(s.distinct_paths_60s),
             SignalName::InterarrivalCv => f64::from(s.interarrival_cv?),
+            SignalName::SharedVerdict => f64::from(u8::from(s.shared_verdict)),
         })
     }
 }

@@ -83,6 +83,10 @@ impl Req {
         self.signals.status_401_403_60s = n;
         self
     }
+    fn shared_verdict(mut self) -> Self {
+        self.signals.shared_verdict = true;
+        self
+    }
     fn paths(mut self, distinct: u32) -> Self {
         self.signals.distinct_paths_60s = distinct;
         self
@@ -738,6 +742,7 @@ fn every_shipped_rule_has_a_positive_and_a_negative_example() {
             person().statuses(200, 40, 35),
         ),
         ("path-enumeration", person().paths(350), person().paths(120)),
+        ("known-elsewhere", person().shared_verdict(), person()),
         (
             "path-enumeration",
             person().paths(350),

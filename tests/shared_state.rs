@@ -1,0 +1,279 @@
+//! Shared client state: usher replicas behind one real `redis-server`
+//! (started here on an ephemeral port), each seeing a slice of a client's
+//! traffic, come to one view of it; Redis going away costs no request.
+
+mod common;
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Usher, echo, full, label, sample, send, upstream};
+use http::Request;
+
+/// A `redis-server` of the test's own, without persistence.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = StdListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const RULES: &str = r#"
+[[rule]]
+name = "busy"
+description = "20 requests a minute, whichever replica saw them"
+when.signal = { name = "rate_60s", ge = 20 }
+class = "malicious_bot"
+
+[[rule]]
+name = "probe"
+when.path_prefix = "/probe"
+class = "malicious_bot"
+action = "deny"
+
+[[rule]]
+name = "known-elsewhere"
+when.signal = { name = "shared_verdict", ge = 1 }
+class = "malicious_bot"
+"#;
+
+/// A replica: trusts 127.0.0.1's X-Forwarded-For, syncs every 50 ms.
+fn replica(upstream: &str, redis_url: &str, rules: &std::path::Path) -> Usher {
+    Usher::start(&format!(
+        r#"upstream = "{upstream}"
+trusted_proxies = ["127.0.0.1"]
+rules = ["{}"]
+[state]
+backend = "redis"
+url = "{redis_url}"
+key_prefix = "test:"
+sync_interval = "50ms"
+verdict_ttl = "60s"
+"#,
+        rules.display()
+    ))
+}
+
+fn rules_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, RULES).unwrap();
+    (dir, path)
+}
+
+/// One request as `client`; the status and the class the upstream heard.
+async fn request(usher: &Usher, client: &str, path: &str) -> (u16, Option<String>) {
+    let (status, class, _) = request_why(usher, client, path).await;
+    (status, class)
+}
+
+/// One request as `client`; the status, and the class and reasons the
+/// upstream heard.
+async fn request_why(
+    usher: &Usher,
+    client: &str,
+    path: &str,
+) -> (u16, Option<String>, Option<String>) {
+    let (head, body) = send(
+        Request::get(usher.url(path))
+            .header("x-forwarded-for", client)
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+            )
+            .header("accept-language", "en")
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    let seen = serde_json::from_slice::<serde_json::Value>(&body).ok();
+    let heard = |name| {
+        seen.as_ref()
+            .and_then(|seen| label(seen, name).map(str::to_owned))
+    };
+    (
+        head.status.as_u16(),
+        heard("x-usher-class"),
+        heard("x-usher-reasons"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pace_only_the_sum_exceeds_is_seen_by_both_replicas() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let a = replica(&up.url(), &redis.url(), &rules);
+    let b = replica(&up.url(), &redis.url(), &rules);
+
+    // 15 requests to each, alternating: 30 in all, over the rule's 20,
+    // while neither replica alone sees more than 15.
+    let mut classes = Vec::new();
+    for i in 0..30 {
+        let usher = if i % 2 == 0 { &a } else { &b };
+        let (status, class) = request(usher, "198.51.100.7", "/products/1").await;
+        assert_eq!(status, 200);
+        classes.push(class.unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // Early on, a public visitor; by the end, both replicas see the sum.
+    assert_eq!(classes[0], "public_visitor");
+    assert_eq!(classes[28], "malicious_bot", "replica a: {classes:?}");
+    assert_eq!(classes[29], "malicious_bot", "replica b: {classes:?}");
+    for usher in [&a, &b] {
+        let metrics = usher.metrics().await;
+        assert_eq!(sample(&metrics, "usher_state_backend_up"), Some(1.0));
+        assert_eq!(sample(&metrics, "usher_state_sync_errors_total"), Some(0.0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verdict_of_one_replica_is_known_to_the_other() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let a = replica(&up.url(), &redis.url(), &rules);
+    let b = replica(&up.url(), &redis.url(), &rules);
+
+    let (status, _) = request(&a, "198.51.100.8", "/probe/admin").await;
+    assert_eq!(status, 403);
+    // Replica b learns of it within a sync or two of the client's first
+    // request there (well before the client is busy enough for `busy`);
+    // an unrelated client stays a visitor.
+    let mut heard = Vec::new();
+    for _ in 0..10 {
+        let (status, class, reasons) = request_why(&b, "198.51.100.8", "/").await;
+        assert_eq!(status, 200);
+        heard.push((class, reasons));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = heard.last().cloned().unwrap_or_default();
+    assert_eq!(last.0.as_deref(), Some("malicious_bot"), "{heard:?}");
+    assert_eq!(last.1.as_deref(), Some("known-elsewhere"), "{heard:?}");
+    let (_, other) = request(&b, "198.51.100.9", "/").await;
+    assert_eq!(other.as_deref(), Some("public_visitor"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_or_lost_mid_run_costs_no_request() {
+    // No Redis yet: usher starts and serves on local state.
+    let port = StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let a = replica(&up.url(), &format!("redis://127.0.0.1:{port}/"), &rules);
+    let (status, _) = request(&a, "198.51.100.10", "/").await;
+    assert_eq!(status, 200);
+    wait_for_metric(&a, "usher_state_backend_up", |v| v == 0.0).await;
+
+    // Redis comes: syncing starts.
+    let redis = Redis::start_on(port);
+    let mut served = 0;
+    let up_at = wait_serving(&a, &mut served, |m| {
+        sample(m, "usher_state_backend_up") == Some(1.0)
+    })
+    .await;
+    assert!(up_at.is_some(), "sync never started");
+
+    // Redis goes away mid-run: every request is still answered.
+    drop(redis);
+    let down = wait_serving(&a, &mut served, |m| {
+        sample(m, "usher_state_backend_up") == Some(0.0)
+            && sample(m, "usher_state_sync_errors_total").is_some_and(|e| e > 0.0)
+    })
+    .await;
+    assert!(down.is_some(), "the loss was not noticed");
+
+    // And back: sync resumes.
+    let _redis = Redis::start_on(port);
+    let again = wait_serving(&a, &mut served, |m| {
+        sample(m, "usher_state_backend_up") == Some(1.0)
+    })
+    .await;
+    assert!(again.is_some(), "sync did not resume");
+    assert!(served > 10, "{served}");
+
+    // One log line per change of state, not one per failed sync.
+    let log = a.stderr();
+    assert_eq!(log.matches("Redis unreachable").count(), 2, "{log}");
+    assert_eq!(log.matches("Redis reachable").count(), 2, "{log}");
+}
+
+/// Send requests (each must succeed) until the metrics satisfy `done`, for
+/// at most 10 s; returns when they did.
+async fn wait_serving(
+    usher: &Usher,
+    served: &mut usize,
+    done: impl Fn(&str) -> bool,
+) -> Option<Instant> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        for _ in 0..5 {
+            let (status, _) = request(usher, "198.51.100.11", "/").await;
+            assert_eq!(status, 200, "a request failed while Redis came or went");
+            *served += 1;
+        }
+        if done(&usher.metrics().await) {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+async fn wait_for_metric(usher: &Usher, name: &str, holds: impl Fn(f64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if sample(&usher.metrics().await, name).is_some_and(&holds) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never held");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
