@@ -196,14 +196,34 @@ http {{ access_log off; keepalive_requests 1000000;
     return Target("direct", url, [proc])
 
 
-def start_usher(work, upstream, workers, keys):
+def start_redis(work):
+    """A redis-server without persistence, for usher's shared state."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", work], **QUIET)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("load.py: redis-server did not start")
+            time.sleep(0.05)
+    return Target("redis", f"redis://127.0.0.1:{port}/", [proc])
+
+
+def start_usher(work, upstream, workers, keys, redis=None):
     port, admin = free_port(), free_port()
     keys_file = os.path.join(work, "api-keys.toml")
     with open(keys_file, "w") as f:
         for i, key in enumerate(keys):
             digest = hashlib.sha256(key.encode()).hexdigest()
             f.write(f'[[key]]\nsha256 = "{digest}"\nowner = "client{i}"\nclass = "service_client"\n')
-    conf = os.path.join(work, f"usher-{workers}.toml")
+    name = "usher-redis" if redis else "usher"
+    conf = os.path.join(work, f"{name}-{workers}.toml")
+    state = f'[state]\nbackend = "redis"\nurl = "{redis.url}"\n' if redis else ""
     with open(conf, "w") as f:
         f.write(f"""listen = "127.0.0.1:{port}"
 admin = "127.0.0.1:{admin}"
@@ -221,7 +241,8 @@ paying = {{ claim = "plan", any_of = ["pro"] }}
 
 [identity.api_keys]
 file = "{keys_file}"
-""")
+
+{state}""")
     env = dict(os.environ, USHER_BENCH_SECRET=SECRET, RUST_LOG="warn")
     proc = subprocess.Popen(
         [USHER, "serve", "--config", conf,
@@ -229,7 +250,7 @@ file = "{keys_file}"
         env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "usher.err"), "a"),
     )
     wait_http(f"http://127.0.0.1:{admin}/readyz", proc)
-    return Target("usher", f"http://127.0.0.1:{port}", [proc], pid=proc.pid)
+    return Target(name, f"http://127.0.0.1:{port}", [proc], pid=proc.pid)
 
 
 def start_nginx(work, upstream, workers):
@@ -337,13 +358,14 @@ def peak_rss_mib(pid):
 
 
 def run(args):
-    for tool in ("wrk", "nginx", "haproxy"):
+    for tool in ("wrk", "nginx", "haproxy") + (("redis-server",) if args.redis else ()):
         if not shutil.which(tool):
             raise SystemExit(f"load.py: {tool} not found (apt-get install wrk nginx-light haproxy)")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=REPO, check=True)
     work = tempfile.mkdtemp(prefix="usher-load-")
     script, keys = lua_script(work, args.mixed)
     upstream = start_upstream(work)
+    redis = start_redis(work) if args.redis else None
     report = {}
     try:
         for workers in args.workers:
@@ -353,6 +375,8 @@ def run(args):
                 start_nginx(work, upstream, workers),
                 start_haproxy(work, upstream, workers),
             ]
+            if redis:
+                targets.append(start_usher(work, upstream, workers, keys, redis))
             results = {t.name: [] for t in targets}
             try:
                 for t in targets:  # warm up: connections, caches, JIT-less but page cache
@@ -374,6 +398,8 @@ def run(args):
             report[workers] = (results, usher_rss)
     finally:
         upstream.stop()
+        if redis:
+            redis.stop()
         shutil.rmtree(work, ignore_errors=True)
     return report
 
@@ -399,6 +425,11 @@ def summarise(report, args):
               f"{u['rps'] / h['rps']:.2f}x, usher/best peer {u['rps'] / best:.2f}x")
         print(f"  p99 added: usher {(u['p99'] - direct['p99']) * 1e3:.2f} ms, nginx "
               f"{(n['p99'] - direct['p99']) * 1e3:.2f} ms, haproxy {(h['p99'] - direct['p99']) * 1e3:.2f} ms")
+        if "usher-redis" in med:
+            r = med["usher-redis"]
+            print(f"  redis backend: throughput {r['rps'] / u['rps']:.2f}x the memory backend's, "
+                  f"p99 added {(r['p99'] - direct['p99']) * 1e3:.2f} ms against "
+                  f"{(u['p99'] - direct['p99']) * 1e3:.2f} ms")
         print(f"  usher peak RSS {rss:.1f} MiB\n")
 
 
@@ -411,6 +442,8 @@ def main():
     parser.add_argument("--workers", default="1,2",
                         type=lambda s: [int(w) for w in s.split(",")])
     parser.add_argument("--mixed", action="store_true")
+    parser.add_argument("--redis", action="store_true",
+                        help="also usher with the Redis state backend (needs redis-server)")
     args = parser.parse_args()
     summarise(run(args), args)
 

@@ -151,7 +151,7 @@ impl Server {
         ));
 
         let sweeper = tokio::spawn(forget_idle_clients(proxy.clone()));
-        let sync = start_sharing(&proxy, &metrics);
+        start_sharing(&proxy, &metrics);
         for jwks in classifier_jwks(&proxy) {
             tokio::spawn(crate::identity::jwks::RemoteJwks::run(
                 Arc::downgrade(&jwks),
@@ -239,9 +239,6 @@ impl Server {
             );
         }
         sweeper.abort();
-        if let Some(sync) = sync {
-            sync.abort();
-        }
         access_log.flush(Duration::from_secs(2));
         let _ = stop_admin.send(true);
         let _ = admin_task.await;
@@ -274,20 +271,36 @@ async fn forget_idle_clients(proxy: Arc<Proxy>) {
     }
 }
 
-/// Start syncing client state with Redis when the backend is Redis; with
-/// memory, the backend is simply up.
-fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) -> Option<tokio::task::JoinHandle<()>> {
+/// Start syncing client state with Redis when the backend is Redis, on a
+/// thread of its own so that building and reading a batch never delays a
+/// request; with memory, the backend is simply up. The thread ends with
+/// the process.
+fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) {
     let settings = proxy.settings();
     let signals = settings.classifier.signals();
     let Some(shared) = signals.shared().cloned() else {
         metrics.state_sync.up.set(1);
-        return None;
+        return;
     };
     shared.set_metrics(metrics.state_sync.clone());
     let state = signals.state().clone();
-    Some(tokio::spawn(
-        shared.run(move |key| crate::state::client(&state, key)),
-    ))
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "state backend: cannot start the sync thread; serving on local state");
+            return;
+        }
+    };
+    let sync = move || runtime.block_on(shared.run(move |key| crate::state::client(&state, key)));
+    if let Err(e) = std::thread::Builder::new()
+        .name("usher-state-sync".into())
+        .spawn(sync)
+    {
+        tracing::error!(error = %e, "state backend: cannot start the sync thread; serving on local state");
+    }
 }
 
 fn classifier_jwks(proxy: &Proxy) -> Vec<Arc<crate::identity::jwks::RemoteJwks>> {

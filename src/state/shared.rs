@@ -211,7 +211,6 @@ impl Shared {
         self: std::sync::Arc<Self>,
         own: impl Fn(ClientKey) -> Option<ClientRecord> + Send + 'static,
     ) {
-        let script = redis::Script::new(SYNC_SCRIPT);
         let client = match redis::Client::open(self.config.url.as_str()) {
             Ok(client) => client,
             Err(e) => {
@@ -235,17 +234,15 @@ impl Shared {
             }
             let started = std::time::Instant::now();
             let result = async {
-                if connection.is_none() {
-                    let mut c = client
-                        .get_multiplexed_async_connection_with_config(&options)
-                        .await?;
-                    script.prepare_invoke().load_async(&mut c).await?;
-                    connection = Some(c);
-                }
-                let Some(c) = connection.as_mut() else {
-                    unreachable!("connected above");
+                let c = match connection.as_mut() {
+                    Some(c) => c,
+                    None => connection.insert(
+                        client
+                            .get_multiplexed_async_connection_with_config(&options)
+                            .await?,
+                    ),
                 };
-                self.sync(c, &script, &batch, &own).await
+                self.sync(c, &batch, &own).await
             }
             .await;
             let metrics = self.metrics();
@@ -284,11 +281,12 @@ impl Shared {
         }
     }
 
-    /// One flush: a script call per client, all in one pipeline.
+    /// One flush, all clients in one pipeline of plain commands: per
+    /// client, one hash takes the increments of each window's field, loses
+    /// the fields of windows past, and gives back those still counting.
     async fn sync(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
-        script: &redis::Script,
         batch: &HashMap<ClientKey, Delta>,
         own: &impl Fn(ClientKey) -> Option<ClientRecord>,
     ) -> redis::RedisResult<()> {
@@ -296,34 +294,25 @@ impl Shared {
             return Ok(());
         }
         let now = unix_seconds(SystemTime::now());
-        let verdict_ttl = self.config.verdict_ttl.as_secs().max(1);
+        let fields = Fields::at(now);
+        let verdict_until = now.saturating_add(
+            u32::try_from(self.config.verdict_ttl.as_secs().max(1)).unwrap_or(u32::MAX),
+        );
         let mut pipe = redis::pipe();
         let order: Vec<(ClientKey, Delta)> = batch.iter().map(|(k, d)| (*k, *d)).collect();
         for (key, delta) in &order {
-            let mut call = redis::cmd("EVALSHA");
-            call.arg(script.get_hash()).arg(WINDOW_KEYS * 2 + 1);
-            for window in WINDOWS {
-                call.arg(self.window_key(*key, window, now));
+            let name = self.client_key(*key);
+            for (field, by) in fields.increments(delta) {
+                pipe.hincr(&name, field, by).ignore();
             }
-            for window in WINDOWS {
-                call.arg(self.window_key(*key, window, now.saturating_sub(window)));
+            if delta.verdict {
+                pipe.hset(&name, "v", verdict_until).ignore();
             }
-            call.arg(self.verdict_key(*key));
-            call.arg(delta.requests)
-                .arg(delta.answered)
-                .arg(delta.status_4xx)
-                .arg(delta.status_404)
-                .arg(delta.status_auth)
-                .arg(delta.auth_failures)
-                .arg(u8::from(delta.verdict))
-                .arg(verdict_ttl);
-            for window in WINDOWS {
-                // A window's counts are read while it and the next run.
-                call.arg(window * 2 + 1);
-            }
-            pipe.add_command(call);
+            pipe.expire(&name, KEY_TTL).ignore();
+            pipe.hdel(&name, &fields.stale).ignore();
+            pipe.cmd("HMGET").arg(&name).arg(&fields.read);
         }
-        let replies: Vec<Vec<i64>> = pipe.query_async(connection).await?;
+        let replies: Vec<Vec<Option<i64>>> = pipe.query_async(connection).await?;
         for ((key, _), reply) in order.iter().zip(replies) {
             let Some(remote) = remote_counts(&reply, own(*key), now) else {
                 continue;
@@ -333,122 +322,126 @@ impl Shared {
         Ok(())
     }
 
-    /// `prefix` + `c:` + the client + window length + window start. The
-    /// client is in braces: a Redis Cluster keeps one client's keys in one
-    /// slot, as a script call needs.
-    fn window_key(&self, key: ClientKey, window: u32, at: u32) -> String {
-        let start = at - at % window;
-        format!(
-            "{}c:{{{:032x}}}:{window}:{start}",
-            self.config.key_prefix,
-            key.bits()
-        )
-    }
-
-    fn verdict_key(&self, key: ClientKey) -> String {
-        format!("{}v:{{{:032x}}}", self.config.key_prefix, key.bits())
+    /// `prefix` + `c:` + the client in braces (so a Redis Cluster would
+    /// keep a client's key in one slot).
+    fn client_key(&self, key: ClientKey) -> String {
+        format!("{}c:{{{:032x}}}", self.config.key_prefix, key.bits())
     }
 }
+
+/// A client's hash lives this long past its last write (seconds): the
+/// longest window twice, and a second.
+const KEY_TTL: i64 = 2 * AUTH_FAILURE_WINDOW as i64 + 1;
 
 /// The windows kept in Redis: the rate windows; statuses share the
 /// 60-second one, failed credentials the 300-second one.
 const WINDOWS: [u32; 4] = RATE_WINDOWS;
-const WINDOW_KEYS: usize = WINDOWS.len();
+const WINDOW_COUNT: usize = WINDOWS.len();
 
-/// Adds one replica's delta to the current windows of a client, marks the
-/// verdict, and returns the global counts of the current and previous
-/// windows (requests for each, statuses for 60 s, failed credentials for
-/// 300 s) and the verdict's remaining seconds (-2 or -1 without one).
-///
-/// KEYS: 4 current windows, 4 previous windows (1, 10, 60, 300 s), the
-/// verdict. ARGV: requests, answered, 4xx, 404, 401/403, failed
-/// credentials, verdict (0/1), verdict TTL, then each window's key TTL.
-const SYNC_SCRIPT: &str = r"
-local d = {}
-for i = 1, 7 do d[i] = tonumber(ARGV[i]) end
-local fields = {'r', 'a', 'x', 'n', 'u', 'f'}
-for w = 1, 4 do
-  local key = KEYS[w]
-  local touched = false
-  if d[1] > 0 then redis.call('HINCRBY', key, 'r', d[1]); touched = true end
-  if w == 3 then
-    for i = 2, 5 do
-      if d[i] > 0 then redis.call('HINCRBY', key, fields[i], d[i]); touched = true end
-    end
-  end
-  if w == 4 and d[6] > 0 then redis.call('HINCRBY', key, 'f', d[6]); touched = true end
-  if touched then redis.call('EXPIRE', key, tonumber(ARGV[8 + w])) end
-end
-if d[7] > 0 then redis.call('SET', KEYS[9], '1', 'EX', tonumber(ARGV[8])) end
-local out = {}
-for w = 1, 8 do
-  local v = redis.call('HMGET', KEYS[w], 'r', 'a', 'x', 'n', 'u', 'f')
-  for i = 1, 6 do out[#out + 1] = tonumber(v[i]) or 0 end
-end
-out[#out + 1] = redis.call('TTL', KEYS[9])
-return out
-";
+/// How many values a client's read gives back: requests in the current
+/// and previous window of each length, the four status counts and failed
+/// credentials in their current and previous windows, and the verdict.
+const READ_LEN: usize = 2 * WINDOW_COUNT + 8 + 2 + 1;
 
-/// The other replicas' counts: the global counts of a reply less this
+/// The hash fields of one sync second: a window's field is named by what
+/// it counts and when the window started (`r60:1000020`, `x:1000020`).
+struct Fields {
+    /// Requests' field of each window now.
+    requests: [String; WINDOW_COUNT],
+    /// Statuses' (answered, 4xx, 404, 401/403) fields now.
+    statuses: [String; 4],
+    /// Failed credentials' field now.
+    auth: String,
+    /// What a read asks for, in [`READ_LEN`] order.
+    read: Vec<String>,
+    /// Fields of windows no longer counting (two and more back), deleted
+    /// as each client syncs; a client idle meanwhile leaves a few more,
+    /// gone with its key.
+    stale: Vec<String>,
+}
+
+impl Fields {
+    const STATUS: [&'static str; 4] = ["a", "x", "n", "u"];
+
+    fn at(now: u32) -> Fields {
+        let start = |w: u32, back: u32| {
+            let s = now - now % w;
+            s.saturating_sub(back * w)
+        };
+        let requests = |back: u32| WINDOWS.map(|w| format!("r{w}:{}", start(w, back)));
+        let statuses =
+            |back: u32| Self::STATUS.map(|f| format!("{f}:{}", start(STATUS_WINDOW, back)));
+        let auth = |back: u32| format!("f:{}", start(AUTH_FAILURE_WINDOW, back));
+        let mut read: Vec<String> = Vec::with_capacity(READ_LEN);
+        read.extend(requests(0));
+        read.extend(requests(1));
+        read.extend(statuses(0));
+        read.extend(statuses(1));
+        read.push(auth(0));
+        read.push(auth(1));
+        read.push("v".to_owned());
+        let mut stale: Vec<String> = Vec::new();
+        for back in 2..=5 {
+            stale.push(format!("r1:{}", start(1, back)));
+        }
+        stale.extend(requests(2).into_iter().skip(1));
+        stale.extend(statuses(2));
+        stale.push(auth(2));
+        Fields {
+            requests: requests(0),
+            statuses: statuses(0),
+            auth: auth(0),
+            read,
+            stale,
+        }
+    }
+
+    /// The fields a delta adds to, and by how much.
+    fn increments<'a>(&'a self, d: &Delta) -> impl Iterator<Item = (&'a str, u32)> {
+        let requests = self.requests.iter().map(move |f| (f.as_str(), d.requests));
+        let statuses = self.statuses.iter().map(String::as_str).zip([
+            d.answered,
+            d.status_4xx,
+            d.status_404,
+            d.status_auth,
+        ]);
+        requests
+            .chain(statuses)
+            .chain(std::iter::once((self.auth.as_str(), d.auth_failures)))
+            .filter(|(_, by)| *by > 0)
+    }
+}
+
+/// The other replicas' counts: the global counts of a read less this
 /// replica's own (its record now, which may hold a little more than it
 /// flushed: the others are then under-counted by that, never over).
-fn remote_counts(reply: &[i64], own: Option<ClientRecord>, now: u32) -> Option<Remote> {
-    if reply.len() != WINDOW_KEYS * 2 * 6 + 1 {
+fn remote_counts(reply: &[Option<i64>], own: Option<ClientRecord>, now: u32) -> Option<Remote> {
+    if reply.len() != READ_LEN {
         return None;
     }
-    let field = |window: usize, previous: bool, i: usize| -> u32 {
-        let at = (usize::from(previous) * WINDOW_KEYS + window) * 6 + i;
-        u32::try_from(reply[at].max(0)).unwrap_or(u32::MAX)
-    };
+    let value = |i: usize| u32::try_from(reply[i].unwrap_or(0).max(0)).unwrap_or(u32::MAX);
     let mut own = own.unwrap_or_default();
     own.advance(now);
+    let less = |current: usize, previous: usize, mine: Count| Count {
+        current: value(current).saturating_sub(mine.current),
+        previous: value(previous).saturating_sub(mine.previous),
+    };
     let mut counts = ClientRecord {
         clock: now,
         ..ClientRecord::default()
     };
-    let less = |global_current: u32, global_previous: u32, mine: Count| Count {
-        current: global_current.saturating_sub(mine.current),
-        previous: global_previous.saturating_sub(mine.previous),
-    };
-    for w in 0..WINDOW_KEYS {
-        counts.requests[w] = less(field(w, false, 0), field(w, true, 0), own.requests[w]);
+    for w in 0..WINDOW_COUNT {
+        counts.requests[w] = less(w, WINDOW_COUNT + w, own.requests[w]);
     }
-    let status = WINDOWS.iter().position(|&w| w == STATUS_WINDOW)?;
-    counts.answered = less(
-        field(status, false, 1),
-        field(status, true, 1),
-        own.answered,
-    );
-    counts.status_4xx = less(
-        field(status, false, 2),
-        field(status, true, 2),
-        own.status_4xx,
-    );
-    counts.status_404 = less(
-        field(status, false, 3),
-        field(status, true, 3),
-        own.status_404,
-    );
-    counts.status_auth = less(
-        field(status, false, 4),
-        field(status, true, 4),
-        own.status_auth,
-    );
-    let auth = WINDOWS.iter().position(|&w| w == AUTH_FAILURE_WINDOW)?;
-    counts.auth_failures = less(
-        field(auth, false, 5),
-        field(auth, true, 5),
-        own.auth_failures,
-    );
-    let ttl = reply[WINDOW_KEYS * 2 * 6];
-    let verdict_until = if ttl > 0 {
-        now.saturating_add(u32::try_from(ttl).unwrap_or(u32::MAX))
-    } else {
-        0
-    };
+    let s = 2 * WINDOW_COUNT;
+    counts.answered = less(s, s + 4, own.answered);
+    counts.status_4xx = less(s + 1, s + 5, own.status_4xx);
+    counts.status_404 = less(s + 2, s + 6, own.status_404);
+    counts.status_auth = less(s + 3, s + 7, own.status_auth);
+    counts.auth_failures = less(s + 8, s + 9, own.auth_failures);
     Some(Remote {
         counts,
-        verdict_until,
+        verdict_until: value(READ_LEN - 1),
     })
 }
 
@@ -475,27 +468,51 @@ mod tests {
         own.add_status(now, 404);
         // Global: 10 requests in every current window, 4 in the previous
         // ones; 5 answers (2 of them 404s) this minute; a verdict for 30 s.
-        let mut reply = vec![0i64; WINDOW_KEYS * 2 * 6 + 1];
-        for w in 0..WINDOW_KEYS {
-            reply[w * 6] = 10;
-            reply[(WINDOW_KEYS + w) * 6] = 4;
+        let mut reply = vec![None; READ_LEN];
+        for w in 0..WINDOW_COUNT {
+            reply[w] = Some(10);
+            reply[WINDOW_COUNT + w] = Some(4);
         }
-        reply[2 * 6 + 1] = 5;
-        reply[2 * 6 + 2] = 2;
-        reply[2 * 6 + 3] = 2;
-        reply[WINDOW_KEYS * 2 * 6] = 30;
+        let s = 2 * WINDOW_COUNT;
+        reply[s] = Some(5);
+        reply[s + 2] = Some(2);
+        reply[READ_LEN - 1] = Some(i64::from(now) + 30);
         let remote = remote_counts(&reply, Some(own), now).unwrap();
         assert!(remote.verdict(now + 29) && !remote.verdict(now + 30));
         let merged = remote.merged(&own, now);
         // Ours and theirs add up to the global counts again.
-        assert_eq!(
-            merged.rates(now)[1],
-            own.rates(now)[1] + 7 + overlap(4, now, 10)
-        );
-        assert_eq!(merged.answered(now), 5 + overlap(0, now, 60));
+        assert_eq!(merged.rates(now)[1], 10 + overlap(4, now, 10));
+        assert_eq!(merged.answered(now), 5);
         assert_eq!(merged.status_404(now), 2);
         // A malformed reply is ignored, not trusted.
         assert!(remote_counts(&reply[1..], Some(own), now).is_none());
+    }
+
+    #[test]
+    fn fields_name_each_window_by_its_start() {
+        let fields = Fields::at(1_000_030);
+        assert_eq!(fields.read.len(), READ_LEN);
+        assert_eq!(fields.read[2], "r60:1000020");
+        assert_eq!(fields.read[6], "r60:1000020".replace("1000020", "999960"));
+        assert_eq!(fields.read[2 * WINDOW_COUNT + 1], "x:1000020");
+        assert!(fields.stale.contains(&"r60:999900".to_owned()));
+        assert!(fields.stale.iter().all(|f| !fields.read.contains(f)));
+        let d = Delta {
+            requests: 2,
+            status_404: 1,
+            ..Delta::default()
+        };
+        let incr: Vec<(&str, u32)> = fields.increments(&d).collect();
+        assert_eq!(
+            incr,
+            [
+                ("r1:1000030", 2),
+                ("r10:1000030", 2),
+                ("r60:1000020", 2),
+                ("r300:999900", 2),
+                ("n:1000020", 1)
+            ]
+        );
     }
 
     fn overlap(events: u32, now: u32, window: u32) -> u32 {
@@ -530,7 +547,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_keep_a_client_in_one_cluster_slot() {
+    fn a_client_has_one_key_in_one_cluster_slot() {
         let shared = Shared::new(
             SharedConfig {
                 url: "redis://127.0.0.1:1".into(),
@@ -541,14 +558,9 @@ mod tests {
             1000,
         );
         let key = ClientKey::of("192.0.2.1".parse().unwrap());
-        let window = shared.window_key(key, 60, 1_000_030);
         assert_eq!(
-            window,
-            "usher:c:{00000000000000000000ffffc0000201}:60:1000020"
-        );
-        assert_eq!(
-            shared.verdict_key(key),
-            "usher:v:{00000000000000000000ffffc0000201}"
+            shared.client_key(key),
+            "usher:c:{00000000000000000000ffffc0000201}"
         );
     }
 }
