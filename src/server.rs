@@ -239,6 +239,15 @@ impl Server {
             );
         }
         sweeper.abort();
+        if let Some(shared) = proxy.settings().classifier.signals().shared().cloned() {
+            // The last interval's counts go to Redis too; a Redis that is
+            // gone costs at most the wait below.
+            let flushed =
+                tokio::task::spawn_blocking(move || shared.finish(Duration::from_secs(2))).await;
+            if !matches!(flushed, Ok(true)) {
+                tracing::warn!("state backend: the last counts were not flushed to Redis");
+            }
+        }
         access_log.flush(Duration::from_secs(2));
         let _ = stop_admin.send(true);
         let _ = admin_task.await;

@@ -277,3 +277,49 @@ async fn wait_for_metric(usher: &Usher, name: &str, holds: impl Fn(f64) -> bool)
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_counts_reach_redis_on_shutdown() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    // A sync interval longer than the test: only the final flush can
+    // bring these requests to Redis.
+    let mut a = Usher::start(&format!(
+        r#"upstream = "{}"
+trusted_proxies = ["127.0.0.1"]
+rules = ["{}"]
+[state]
+backend = "redis"
+url = "{}"
+key_prefix = "test:"
+sync_interval = "1s"
+"#,
+        up.url(),
+        rules.display(),
+        redis.url()
+    ));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        let (status, _) = request(&a, "198.51.100.12", "/").await;
+        assert_eq!(status, 200);
+    }
+    a.signal(libc::SIGTERM);
+    assert!(a.wait(Duration::from_secs(10)).is_some_and(|s| s.success()));
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let ip: std::net::Ipv4Addr = "198.51.100.12".parse().unwrap();
+    let key = format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()));
+    let fields: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let requests: i64 = fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("r300:"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(requests, 5, "{fields:?}");
+}

@@ -120,6 +120,10 @@ pub struct Shared {
     metrics: Mutex<Option<SyncMetrics>>,
     /// [`UNKNOWN`] until the first sync, then 1 (up) or 0 (down).
     up: AtomicU8,
+    /// Told to flush once more and stop (on shutdown).
+    finish: tokio::sync::Notify,
+    /// Told when the last flush is done.
+    finished: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
 
 const UNKNOWN: u8 = 2;
@@ -133,6 +137,8 @@ impl Shared {
             remote: BoundedMap::new(capacity),
             metrics: Mutex::new(None),
             up: AtomicU8::new(UNKNOWN),
+            finish: tokio::sync::Notify::new(),
+            finished: Mutex::new(None),
         }
     }
 
@@ -200,6 +206,16 @@ impl Shared {
         );
     }
 
+    /// Flush what is noted now and stop syncing; waits at most `timeout`
+    /// for Redis (blocking: for the end of `serve`, after the drain).
+    /// Returns whether the last flush was done.
+    pub fn finish(&self, timeout: Duration) -> bool {
+        let (done, wait) = std::sync::mpsc::sync_channel(1);
+        *lock(&self.finished) = Some(done);
+        self.finish.notify_one();
+        wait.recv_timeout(timeout).is_ok()
+    }
+
     /// What the other replicas added to a client, as of the last sync.
     pub fn remote(&self, key: ClientKey) -> Option<Remote> {
         self.remote.peek(&key, |r| *r)
@@ -227,8 +243,26 @@ impl Shared {
         let mut tick = tokio::time::interval(self.config.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let last = tokio::select! {
+                _ = tick.tick() => false,
+                () = self.finish.notified() => true,
+            };
             let batch = std::mem::take(&mut *lock(&self.pending));
+            if last {
+                // One try, then stop whatever came of it.
+                if let Some(c) = connection.as_mut() {
+                    let _ = self.sync(c, &batch, &own).await;
+                } else if let Ok(mut c) = client
+                    .get_multiplexed_async_connection_with_config(&options)
+                    .await
+                {
+                    let _ = self.sync(&mut c, &batch, &own).await;
+                }
+                if let Some(done) = lock(&self.finished).take() {
+                    let _ = done.send(());
+                }
+                return;
+            }
             if batch.is_empty() && connection.is_some() {
                 continue;
             }
