@@ -22,6 +22,12 @@ use super::{
 /// are dropped (and counted) until the next flush.
 pub const MAX_PENDING: usize = 65_536;
 
+/// Locks the notes are spread over.
+const PENDING_SHARDS: usize = 16;
+
+/// One shard's notes.
+type Notes = HashMap<ClientKey, Delta, foldhash::fast::RandomState>;
+
 /// What one replica added to a client since the last flush.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Delta {
@@ -115,7 +121,8 @@ pub struct SharedConfig {
 #[derive(Debug)]
 pub struct Shared {
     config: SharedConfig,
-    pending: Mutex<HashMap<ClientKey, Delta>>,
+    /// Notes by client, in shards so that workers rarely meet on a lock.
+    pending: Vec<Mutex<Notes>>,
     remote: BoundedMap<ClientKey, Remote>,
     metrics: Mutex<Option<SyncMetrics>>,
     /// [`UNKNOWN`] until the first sync, then 1 (up) or 0 (down).
@@ -133,7 +140,9 @@ impl Shared {
     pub fn new(config: SharedConfig, capacity: usize) -> Self {
         Shared {
             config,
-            pending: Mutex::new(HashMap::new()),
+            pending: (0..PENDING_SHARDS)
+                .map(|_| Mutex::new(Notes::default()))
+                .collect(),
             remote: BoundedMap::new(capacity),
             metrics: Mutex::new(None),
             up: AtomicU8::new(UNKNOWN),
@@ -156,10 +165,10 @@ impl Shared {
 
     /// Note what a request adds to a client.
     pub fn note(&self, key: ClientKey, delta: Delta) {
-        let mut pending = lock(&self.pending);
+        let mut pending = lock(self.shard(key));
         if let Some(d) = pending.get_mut(&key) {
             d.merge(delta);
-        } else if pending.len() < MAX_PENDING {
+        } else if pending.len() < MAX_PENDING / PENDING_SHARDS {
             pending.insert(key, delta);
         } else {
             drop(pending);
@@ -167,6 +176,22 @@ impl Shared {
                 m.dropped.inc();
             }
         }
+    }
+
+    fn shard(&self, key: ClientKey) -> &Mutex<Notes> {
+        let bits = key.bits();
+        let mixed = ((bits as u64) ^ ((bits >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        &self.pending[(mixed >> 60) as usize % PENDING_SHARDS]
+    }
+
+    /// Every note so far, leaving none.
+    fn take_notes(&self) -> Vec<(ClientKey, Delta)> {
+        let mut all = Vec::new();
+        for shard in &self.pending {
+            let notes = std::mem::take(&mut *lock(shard));
+            all.extend(notes);
+        }
+        all
     }
 
     /// A request from a client.
@@ -247,7 +272,7 @@ impl Shared {
                 _ = tick.tick() => false,
                 () = self.finish.notified() => true,
             };
-            let batch = std::mem::take(&mut *lock(&self.pending));
+            let batch = self.take_notes();
             if last {
                 // One try, then stop whatever came of it.
                 if let Some(c) = connection.as_mut() {
@@ -321,7 +346,7 @@ impl Shared {
     async fn sync(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
-        batch: &HashMap<ClientKey, Delta>,
+        batch: &[(ClientKey, Delta)],
         own: &impl Fn(ClientKey) -> Option<ClientRecord>,
     ) -> redis::RedisResult<()> {
         if batch.is_empty() {
@@ -333,8 +358,7 @@ impl Shared {
             u32::try_from(self.config.verdict_ttl.as_secs().max(1)).unwrap_or(u32::MAX),
         );
         let mut pipe = redis::pipe();
-        let order: Vec<(ClientKey, Delta)> = batch.iter().map(|(k, d)| (*k, *d)).collect();
-        for (key, delta) in &order {
+        for (key, delta) in batch {
             let name = self.client_key(*key);
             for (field, by) in fields.increments(delta) {
                 pipe.hincr(&name, field, by).ignore();
@@ -347,7 +371,7 @@ impl Shared {
             pipe.cmd("HMGET").arg(&name).arg(&fields.read);
         }
         let replies: Vec<Vec<Option<i64>>> = pipe.query_async(connection).await?;
-        for ((key, _), reply) in order.iter().zip(replies) {
+        for ((key, _), reply) in batch.iter().zip(replies) {
             let Some(remote) = remote_counts(&reply, own(*key), now) else {
                 continue;
             };
@@ -569,15 +593,16 @@ mod tests {
         shared.note_request(a, true);
         shared.note_status(a, 403);
         shared.note_verdict(a);
-        let pending = lock(&shared.pending);
-        let d = pending[&a];
+        let notes = shared.take_notes();
+        let d = notes[0].1;
+        assert_eq!(notes.len(), 1);
         assert_eq!((d.requests, d.auth_failures, d.status_auth), (2, 1, 1));
         assert!(d.verdict);
-        drop(pending);
-        for i in 0..(MAX_PENDING as u32 + 10) {
+        // Twice as many clients as fit: every shard fills, none grows past.
+        for i in 0..(2 * MAX_PENDING as u32) {
             shared.note_request(ClientKey::of(std::net::Ipv4Addr::from(i).into()), false);
         }
-        assert_eq!(lock(&shared.pending).len(), MAX_PENDING);
+        assert_eq!(shared.take_notes().len(), MAX_PENDING);
     }
 
     #[test]
