@@ -198,8 +198,11 @@ impl Classifier {
         {
             verdict.action = Action::Deny;
         }
-        if verdict.class == Class::MaliciousBot || verdict.action == Action::Deny {
-            self.signals.share_verdict(facts, &identity, &signals);
+        if verdict.class == Class::MaliciousBot
+            && self.signals.shared().is_some()
+            && self.judged_alone(facts, &identity, &signals)
+        {
+            self.signals.share_verdict(facts, &identity);
         }
         Classification {
             identity,
@@ -207,6 +210,24 @@ impl Classifier {
             outcome,
             verdict,
         }
+    }
+}
+
+impl Classifier {
+    /// Whether the rules call the client `malicious_bot` without another
+    /// replica's verdict: only such a verdict is shared, so a shared one
+    /// lapses unless some replica reaches it again on its own. Evaluates
+    /// the rules a second time, for clients already judged elsewhere only.
+    fn judged_alone(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) -> bool {
+        if !signals.shared_verdict {
+            return true;
+        }
+        let alone = Signals {
+            shared_verdict: false,
+            ..signals.clone()
+        };
+        let mut outcome = self.rules.evaluate(facts, identity, &alone);
+        decide(identity, &mut outcome, &self.rules).class == Class::MaliciousBot
     }
 }
 

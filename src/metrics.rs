@@ -469,7 +469,7 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "usher_state_sync_dropped_total",
-                    "Client updates not shared because too many clients waited for the next sync (65536).",
+                    "Client updates not shared: 65536 clients already waited for the next sync, or a sync failed after sending them (Redis may have applied them; they are not sent twice).",
                 )?,
             )?,
             duration: register(

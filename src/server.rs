@@ -292,7 +292,6 @@ fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) {
         return;
     };
     shared.set_metrics(metrics.state_sync.clone());
-    let state = signals.state().clone();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -303,7 +302,7 @@ fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) {
             return;
         }
     };
-    let sync = move || runtime.block_on(shared.run(move |key| crate::state::client(&state, key)));
+    let sync = move || runtime.block_on(shared.run());
     if let Err(e) = std::thread::Builder::new()
         .name("usher-state-sync".into())
         .spawn(sync)

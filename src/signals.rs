@@ -93,16 +93,11 @@ impl SignalsStage {
     }
 
     /// Tell the other replicas that this one judged a client (its address,
-    /// and its subject when verified) `malicious_bot`. Not when the
-    /// judgement rests on their word: a verdict expires unless some
-    /// replica reaches it again on its own.
-    pub fn share_verdict(&self, facts: &Facts<'_>, identity: &Identity, signals: &Signals) {
+    /// and its subject when verified) `malicious_bot`.
+    pub fn share_verdict(&self, facts: &Facts<'_>, identity: &Identity) {
         let Some(shared) = &self.shared else {
             return;
         };
-        if signals.shared_verdict {
-            return;
-        }
         shared.note_verdict(ClientKey::of(facts.client_ip));
         if let Some(subject) = identity.subject() {
             shared.note_verdict(ClientKey::of_subject(subject));

@@ -181,6 +181,10 @@ async fn a_verdict_of_one_replica_is_known_to_the_other() {
 
     let (status, _) = request(&a, "198.51.100.8", "/probe/admin").await;
     assert_eq!(status, 403);
+    // Replica a does not take its own verdict, read back, for another's.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, class, reasons) = request_why(&a, "198.51.100.8", "/").await;
+    assert_eq!(class.as_deref(), Some("public_visitor"), "{reasons:?}");
     // Replica b learns of it within a sync or two of the client's first
     // request there (well before the client is busy enough for `busy`);
     // an unrelated client stays a visitor.
@@ -320,6 +324,51 @@ sync_interval = "1s"
         .iter()
         .filter(|(f, _)| f.starts_with("r300:"))
         .map(|(_, n)| n)
+        .sum();
+    assert_eq!(requests, 5, "{fields:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_odd_key_in_redis_spoils_no_other_clients_sync() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let a = replica(&up.url(), &redis.url(), &rules);
+    // Someone wrote a non-number where usher keeps a client's verdict.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let ip: std::net::Ipv4Addr = "198.51.100.20".parse().unwrap();
+    let key = format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()));
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("v")
+        .arg("oops")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let client = if i % 2 == 0 {
+            "198.51.100.20"
+        } else {
+            "198.51.100.21"
+        };
+        let (status, _) = request(&a, client, "/").await;
+        assert_eq!(status, 200);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let metrics = a.metrics().await;
+    assert_eq!(sample(&metrics, "usher_state_backend_up"), Some(1.0));
+    assert_eq!(sample(&metrics, "usher_state_sync_errors_total"), Some(0.0));
+    // And the odd client's counts were still kept.
+    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let requests: i64 = fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("r300:"))
+        .filter_map(|(_, n)| n.parse::<i64>().ok())
         .sum();
     assert_eq!(requests, 5, "{fields:?}");
 }

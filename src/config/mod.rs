@@ -330,9 +330,11 @@ fn sync_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
 
 fn verdict_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let ttl = duration::deserialize(d)?;
-    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&ttl) {
+    // A client's hash in Redis lives 10 minutes past its last write; a
+    // verdict cannot outlive it.
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&ttl) {
         return Err(serde::de::Error::custom(
-            "verdict_ttl must be between 1s and 24h",
+            "verdict_ttl must be between 1s and 10m",
         ));
     }
     Ok(ttl)

@@ -58,8 +58,12 @@ impl Delta {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Remote {
     counts: ClientRecord,
-    /// Until when (Unix seconds) a replica's `malicious_bot` verdict
-    /// stands; 0 for none.
+    /// What this replica flushed for the client, filed as Redis files it:
+    /// by the time of the sync. Subtracted from the global counts, it
+    /// leaves exactly the others' share.
+    flushed: ClientRecord,
+    /// Until when (Unix seconds) another replica's `malicious_bot`
+    /// verdict stands; 0 for none.
     verdict_until: u32,
 }
 
@@ -127,6 +131,8 @@ pub struct Shared {
     metrics: Mutex<Option<SyncMetrics>>,
     /// [`UNKNOWN`] until the first sync, then 1 (up) or 0 (down).
     up: AtomicU8,
+    /// This replica, as its verdicts name it (random per process).
+    replica: u32,
     /// Told to flush once more and stop (on shutdown).
     finish: tokio::sync::Notify,
     /// Told when the last flush is done.
@@ -146,6 +152,7 @@ impl Shared {
             remote: BoundedMap::new(capacity),
             metrics: Mutex::new(None),
             up: AtomicU8::new(UNKNOWN),
+            replica: replica_id(),
             finish: tokio::sync::Notify::new(),
             finished: Mutex::new(None),
         }
@@ -247,11 +254,8 @@ impl Shared {
     }
 
     /// Flush notes and read counts back every `sync_interval`, until the
-    /// process ends. `own` reads this replica's record of a client.
-    pub async fn run(
-        self: std::sync::Arc<Self>,
-        own: impl Fn(ClientKey) -> Option<ClientRecord> + Send + 'static,
-    ) {
+    /// process ends or [`Shared::finish`] is called.
+    pub async fn run(self: std::sync::Arc<Self>) {
         let client = match redis::Client::open(self.config.url.as_str()) {
             Ok(client) => client,
             Err(e) => {
@@ -276,12 +280,12 @@ impl Shared {
             if last {
                 // One try, then stop whatever came of it.
                 if let Some(c) = connection.as_mut() {
-                    let _ = self.sync(c, &batch, &own).await;
+                    let _ = self.sync(c, &batch).await;
                 } else if let Ok(mut c) = client
                     .get_multiplexed_async_connection_with_config(&options)
                     .await
                 {
-                    let _ = self.sync(&mut c, &batch, &own).await;
+                    let _ = self.sync(&mut c, &batch).await;
                 }
                 if let Some(done) = lock(&self.finished).take() {
                     let _ = done.send(());
@@ -292,18 +296,27 @@ impl Shared {
                 continue;
             }
             let started = std::time::Instant::now();
-            let result = async {
-                let c = match connection.as_mut() {
-                    Some(c) => c,
-                    None => connection.insert(
-                        client
-                            .get_multiplexed_async_connection_with_config(&options)
-                            .await?,
-                    ),
-                };
-                self.sync(c, &batch, &own).await
+            if connection.is_none() {
+                match client
+                    .get_multiplexed_async_connection_with_config(&options)
+                    .await
+                {
+                    Ok(c) => connection = Some(c),
+                    Err(e) => {
+                        // Nothing was sent: the notes wait for the next try,
+                        // as bounded as ever.
+                        self.failed(&e);
+                        for (key, delta) in batch {
+                            self.note(key, delta);
+                        }
+                        continue;
+                    }
+                }
             }
-            .await;
+            let Some(c) = connection.as_mut() else {
+                continue;
+            };
+            let result = self.sync(c, &batch).await;
             let metrics = self.metrics();
             if let Some(m) = &metrics {
                 m.duration.observe(started.elapsed().as_secs_f64());
@@ -311,18 +324,24 @@ impl Shared {
             match result {
                 Ok(()) => self.set_up(true, None, metrics.as_ref()),
                 Err(e) => {
+                    // Sent, perhaps applied: sending the notes again could
+                    // count them twice, so they are given up (and counted).
                     connection = None;
+                    self.failed(&e);
                     if let Some(m) = &metrics {
-                        m.errors.inc();
-                    }
-                    self.set_up(false, Some(&e), metrics.as_ref());
-                    // Keep the notes for the next try, as bounded as ever.
-                    for (key, delta) in batch {
-                        self.note(key, delta);
+                        m.dropped.inc_by(batch.len() as u64);
                     }
                 }
             }
         }
+    }
+
+    fn failed(&self, error: &redis::RedisError) {
+        let metrics = self.metrics();
+        if let Some(m) = &metrics {
+            m.errors.inc();
+        }
+        self.set_up(false, Some(error), metrics.as_ref());
     }
 
     fn set_up(&self, up: bool, error: Option<&redis::RedisError>, metrics: Option<&SyncMetrics>) {
@@ -347,7 +366,6 @@ impl Shared {
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
         batch: &[(ClientKey, Delta)],
-        own: &impl Fn(ClientKey) -> Option<ClientRecord>,
     ) -> redis::RedisResult<()> {
         if batch.is_empty() {
             return Ok(());
@@ -358,21 +376,31 @@ impl Shared {
             u32::try_from(self.config.verdict_ttl.as_secs().max(1)).unwrap_or(u32::MAX),
         );
         let mut pipe = redis::pipe();
+        // One odd key (a value that is not a number, a key of another
+        // type) spoils its own reply, not the whole sync.
+        pipe.ignore_errors();
         for (key, delta) in batch {
             let name = self.client_key(*key);
             for (field, by) in fields.increments(delta) {
                 pipe.hincr(&name, field, by).ignore();
             }
             if delta.verdict {
-                pipe.hset(&name, "v", verdict_until).ignore();
+                pipe.hset_multiple(&name, &[("v", verdict_until), ("vr", self.replica)])
+                    .ignore();
             }
             pipe.expire(&name, KEY_TTL).ignore();
             pipe.hdel(&name, &fields.stale).ignore();
             pipe.cmd("HMGET").arg(&name).arg(&fields.read);
         }
-        let replies: Vec<Vec<Option<i64>>> = pipe.query_async(connection).await?;
-        for ((key, _), reply) in batch.iter().zip(replies) {
-            let Some(remote) = remote_counts(&reply, own(*key), now) else {
+        let replies: Vec<redis::Value> = pipe.query_async(connection).await?;
+        for ((key, delta), reply) in batch.iter().zip(replies) {
+            let Some(reply) = numbers(reply) else {
+                continue;
+            };
+            let mut flushed = self.remote(*key).map(|r| r.flushed).unwrap_or_default();
+            flushed.advance(now);
+            add_delta(&mut flushed, delta);
+            let Some(remote) = remote_counts(&reply, flushed, now, self.replica) else {
                 continue;
             };
             self.remote.with(*key, Remote::default, |r| *r = remote);
@@ -398,8 +426,9 @@ const WINDOW_COUNT: usize = WINDOWS.len();
 
 /// How many values a client's read gives back: requests in the current
 /// and previous window of each length, the four status counts and failed
-/// credentials in their current and previous windows, and the verdict.
-const READ_LEN: usize = 2 * WINDOW_COUNT + 8 + 2 + 1;
+/// credentials in their current and previous windows, and the verdict
+/// with the replica that gave it.
+const READ_LEN: usize = 2 * WINDOW_COUNT + 8 + 2 + 2;
 
 /// The hash fields of one sync second: a window's field is named by what
 /// it counts and when the window started (`r60:1000020`, `x:1000020`).
@@ -438,6 +467,7 @@ impl Fields {
         read.push(auth(0));
         read.push(auth(1));
         read.push("v".to_owned());
+        read.push("vr".to_owned());
         let mut stale: Vec<String> = Vec::new();
         for back in 2..=5 {
             stale.push(format!("r1:{}", start(1, back)));
@@ -470,16 +500,50 @@ impl Fields {
     }
 }
 
-/// The other replicas' counts: the global counts of a read less this
-/// replica's own (its record now, which may hold a little more than it
-/// flushed: the others are then under-counted by that, never over).
-fn remote_counts(reply: &[Option<i64>], own: Option<ClientRecord>, now: u32) -> Option<Remote> {
+/// The values of an `HMGET` reply as numbers (absent or not a number:
+/// none); `None` for a reply that is not an array (an error).
+fn numbers(reply: redis::Value) -> Option<Vec<Option<i64>>> {
+    let redis::Value::Array(items) = reply else {
+        return None;
+    };
+    Some(
+        items
+            .into_iter()
+            .map(|v| match v {
+                redis::Value::Int(n) => Some(n),
+                redis::Value::BulkString(b) => std::str::from_utf8(&b).ok()?.parse().ok(),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// Add what a delta notes to a record's current windows.
+fn add_delta(record: &mut ClientRecord, d: &Delta) {
+    let add = |c: &mut Count, n: u32| c.current = c.current.saturating_add(n);
+    for count in &mut record.requests {
+        add(count, d.requests);
+    }
+    add(&mut record.answered, d.answered);
+    add(&mut record.status_4xx, d.status_4xx);
+    add(&mut record.status_404, d.status_404);
+    add(&mut record.status_auth, d.status_auth);
+    add(&mut record.auth_failures, d.auth_failures);
+}
+
+/// The other replicas' counts: the global counts of a read less what this
+/// replica flushed (`flushed`, filed by sync time as Redis files it), and
+/// their verdict unless it is this replica's own.
+fn remote_counts(
+    reply: &[Option<i64>],
+    flushed: ClientRecord,
+    now: u32,
+    replica: u32,
+) -> Option<Remote> {
     if reply.len() != READ_LEN {
         return None;
     }
     let value = |i: usize| u32::try_from(reply[i].unwrap_or(0).max(0)).unwrap_or(u32::MAX);
-    let mut own = own.unwrap_or_default();
-    own.advance(now);
     let less = |current: usize, previous: usize, mine: Count| Count {
         current: value(current).saturating_sub(mine.current),
         previous: value(previous).saturating_sub(mine.previous),
@@ -489,18 +553,28 @@ fn remote_counts(reply: &[Option<i64>], own: Option<ClientRecord>, now: u32) -> 
         ..ClientRecord::default()
     };
     for w in 0..WINDOW_COUNT {
-        counts.requests[w] = less(w, WINDOW_COUNT + w, own.requests[w]);
+        counts.requests[w] = less(w, WINDOW_COUNT + w, flushed.requests[w]);
     }
     let s = 2 * WINDOW_COUNT;
-    counts.answered = less(s, s + 4, own.answered);
-    counts.status_4xx = less(s + 1, s + 5, own.status_4xx);
-    counts.status_404 = less(s + 2, s + 6, own.status_404);
-    counts.status_auth = less(s + 3, s + 7, own.status_auth);
-    counts.auth_failures = less(s + 8, s + 9, own.auth_failures);
+    counts.answered = less(s, s + 4, flushed.answered);
+    counts.status_4xx = less(s + 1, s + 5, flushed.status_4xx);
+    counts.status_404 = less(s + 2, s + 6, flushed.status_404);
+    counts.status_auth = less(s + 3, s + 7, flushed.status_auth);
+    counts.auth_failures = less(s + 8, s + 9, flushed.auth_failures);
+    let theirs = reply[READ_LEN - 1] != Some(i64::from(replica));
     Some(Remote {
         counts,
-        verdict_until: value(READ_LEN - 1),
+        flushed,
+        verdict_until: if theirs { value(READ_LEN - 2) } else { 0 },
     })
+}
+
+/// A random replica id (never 0), from the standard library's per-process
+/// hash seed.
+fn replica_id() -> u32 {
+    use std::hash::BuildHasher;
+    let id = std::collections::hash_map::RandomState::new().hash_one(std::process::id()) as u32;
+    id.max(1)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -516,34 +590,102 @@ fn unix_seconds(t: SystemTime) -> u32 {
 mod tests {
     use super::*;
 
+    fn reply(current: i64, previous: i64) -> Vec<Option<i64>> {
+        let mut reply = vec![None; READ_LEN];
+        for w in 0..WINDOW_COUNT {
+            reply[w] = Some(current);
+            reply[WINDOW_COUNT + w] = Some(previous);
+        }
+        reply
+    }
+
     #[test]
-    fn remote_counts_are_the_global_ones_less_our_own() {
+    fn remote_counts_are_the_global_ones_less_what_we_flushed() {
         let now = 1_000_000;
+        // We flushed 3 requests and a 404 at this sync.
+        let mut flushed = ClientRecord::default();
+        flushed.advance(now);
+        add_delta(
+            &mut flushed,
+            &Delta {
+                requests: 3,
+                answered: 1,
+                status_4xx: 1,
+                status_404: 1,
+                ..Delta::default()
+            },
+        );
+        // Global: 10 requests in every current window, 4 in the previous
+        // ones; 5 answers (2 of them 404s) this minute; another replica's
+        // verdict for 30 s.
+        let mut global = reply(10, 4);
+        let s = 2 * WINDOW_COUNT;
+        global[s] = Some(5);
+        global[s + 2] = Some(2);
+        global[READ_LEN - 2] = Some(i64::from(now) + 30);
+        global[READ_LEN - 1] = Some(7);
+        let remote = remote_counts(&global, flushed, now, 9).unwrap();
+        assert!(remote.verdict(now + 29) && !remote.verdict(now + 30));
+        // Our own record (by request time) holds the same 3 requests.
         let mut own = ClientRecord::default();
         for _ in 0..3 {
             own.add_request(u64::from(now) * 1000, 1);
         }
         own.add_status(now, 404);
-        // Global: 10 requests in every current window, 4 in the previous
-        // ones; 5 answers (2 of them 404s) this minute; a verdict for 30 s.
-        let mut reply = vec![None; READ_LEN];
-        for w in 0..WINDOW_COUNT {
-            reply[w] = Some(10);
-            reply[WINDOW_COUNT + w] = Some(4);
-        }
-        let s = 2 * WINDOW_COUNT;
-        reply[s] = Some(5);
-        reply[s + 2] = Some(2);
-        reply[READ_LEN - 1] = Some(i64::from(now) + 30);
-        let remote = remote_counts(&reply, Some(own), now).unwrap();
-        assert!(remote.verdict(now + 29) && !remote.verdict(now + 30));
         let merged = remote.merged(&own, now);
         // Ours and theirs add up to the global counts again.
         assert_eq!(merged.rates(now)[1], 10 + overlap(4, now, 10));
         assert_eq!(merged.answered(now), 5);
         assert_eq!(merged.status_404(now), 2);
+        // Our own verdict, read back, is not another replica's.
+        assert!(
+            !remote_counts(&global, flushed, now, 7)
+                .unwrap()
+                .verdict(now)
+        );
         // A malformed reply is ignored, not trusted.
-        assert!(remote_counts(&reply[1..], Some(own), now).is_none());
+        assert!(remote_counts(&global[1..], flushed, now, 9).is_none());
+    }
+
+    #[test]
+    fn requests_just_before_a_window_turns_count_once() {
+        // Ten requests at 1,000,199.9 s, flushed at 1,000,200 s: Redis files
+        // them in the window starting at 1,000,200 (sync time), our record
+        // in the one before (request time). Alone, we must still see 10.
+        let (noted, synced) = (1_000_199_900u64, 1_000_200);
+        let mut own = ClientRecord::default();
+        for _ in 0..10 {
+            own.add_request(noted, 1);
+        }
+        let mut flushed = ClientRecord::default();
+        flushed.advance(synced);
+        add_delta(
+            &mut flushed,
+            &Delta {
+                requests: 10,
+                ..Delta::default()
+            },
+        );
+        let remote = remote_counts(&reply(10, 0), flushed, synced, 1).unwrap();
+        let merged = remote.merged(&own, synced);
+        assert_eq!(merged.rates(synced), own.rates(synced));
+    }
+
+    #[test]
+    fn odd_replies_read_as_numbers_or_nothing() {
+        use redis::Value;
+        let reply = Value::Array(vec![
+            Value::Int(3),
+            Value::BulkString(b"12".to_vec()),
+            Value::BulkString(b"oops".to_vec()),
+            Value::Nil,
+            Value::SimpleString("x".into()),
+        ]);
+        assert_eq!(
+            numbers(reply),
+            Some(vec![Some(3), Some(12), None, None, None])
+        );
+        assert_eq!(numbers(Value::Int(1)), None);
     }
 
     #[test]
