@@ -372,3 +372,40 @@ async fn one_odd_key_in_redis_spoils_no_other_clients_sync() {
         .sum();
     assert_eq!(requests, 5, "{fields:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_left_by_pauses_are_swept() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let a = replica(&up.url(), &redis.url(), &rules);
+    // What a client that came back after pauses would have left behind.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let ip: std::net::Ipv4Addr = "198.51.100.30".parse().unwrap();
+    let key = format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()));
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg(&["r1:1000", "1", "r10:1000", "1", "x:960", "1", "f:900", "1"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (status, _) = request(&a, "198.51.100.30", "/").await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let names: Vec<String> = redis::cmd("HKEYS")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let old = ["r1:1000", "r10:1000", "x:960", "f:900"];
+        if names.iter().any(|n| n.starts_with("r300:"))
+            && !names.iter().any(|n| old.contains(&n.as_str()))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not swept: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

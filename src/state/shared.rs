@@ -379,8 +379,15 @@ impl Shared {
         // One odd key (a value that is not a number, a key of another
         // type) spoils its own reply, not the whole sync.
         pipe.ignore_errors();
+        // Once a minute per client, its field names are read too, so that
+        // fields left by pauses (which the per-sync HDEL misses) go.
+        let mut swept = Vec::new();
         for (key, delta) in batch {
             let name = self.client_key(*key);
+            let due = self
+                .remote(*key)
+                .is_none_or(|r| r.flushed.clock / SWEEP_EVERY != now / SWEEP_EVERY);
+            swept.push(due);
             for (field, by) in fields.increments(delta) {
                 pipe.hincr(&name, field, by).ignore();
             }
@@ -391,10 +398,31 @@ impl Shared {
             pipe.expire(&name, KEY_TTL).ignore();
             pipe.hdel(&name, &fields.stale).ignore();
             pipe.cmd("HMGET").arg(&name).arg(&fields.read);
+            if due {
+                pipe.cmd("HKEYS").arg(&name);
+            }
         }
-        let replies: Vec<redis::Value> = pipe.query_async(connection).await?;
-        for ((key, delta), reply) in batch.iter().zip(replies) {
-            let Some(reply) = numbers(reply) else {
+        let mut replies = pipe
+            .query_async::<Vec<redis::Value>>(connection)
+            .await?
+            .into_iter();
+        let mut sweep = redis::pipe();
+        sweep.ignore_errors();
+        for ((key, delta), due) in batch.iter().zip(swept) {
+            let reply = replies.next();
+            if due && let Some(redis::Value::Array(names)) = replies.next() {
+                let stale: Vec<Vec<u8>> = names
+                    .into_iter()
+                    .filter_map(|n| match n {
+                        redis::Value::BulkString(b) if is_stale(&b, now) => Some(b),
+                        _ => None,
+                    })
+                    .collect();
+                if !stale.is_empty() {
+                    sweep.hdel(self.client_key(*key), stale).ignore();
+                }
+            }
+            let Some(reply) = reply.and_then(numbers) else {
                 continue;
             };
             let mut flushed = self.remote(*key).map(|r| r.flushed).unwrap_or_default();
@@ -405,6 +433,9 @@ impl Shared {
             };
             self.remote.with(*key, Remote::default, |r| *r = remote);
         }
+        if !sweep.is_empty() {
+            sweep.query_async::<Vec<redis::Value>>(connection).await?;
+        }
         Ok(())
     }
 
@@ -413,6 +444,35 @@ impl Shared {
     fn client_key(&self, key: ClientKey) -> String {
         format!("{}c:{{{:032x}}}", self.config.key_prefix, key.bits())
     }
+}
+
+/// How often (seconds) a replica reads a client's field names to delete
+/// those of windows past.
+const SWEEP_EVERY: u32 = 60;
+
+/// Whether a field counts for a window that ended before the previous
+/// one (`r10:999980` at 1,000,005 s); the verdict and unknown names are
+/// kept.
+fn is_stale(field: &[u8], now: u32) -> bool {
+    let Some((what, start)) = std::str::from_utf8(field)
+        .ok()
+        .and_then(|f| f.split_once(':'))
+    else {
+        return false;
+    };
+    let window = match what {
+        "a" | "x" | "n" | "u" => STATUS_WINDOW,
+        "f" => AUTH_FAILURE_WINDOW,
+        _ => match what.strip_prefix('r').and_then(|w| w.parse::<u32>().ok()) {
+            Some(w) if WINDOWS.contains(&w) => w,
+            _ => return false,
+        },
+    };
+    let Ok(start) = start.parse::<u32>() else {
+        return false;
+    };
+    let previous = (now - now % window).saturating_sub(window);
+    start < previous
 }
 
 /// A client's hash lives this long past its last write (seconds): the
@@ -669,6 +729,33 @@ mod tests {
         let remote = remote_counts(&reply(10, 0), flushed, synced, 1).unwrap();
         let merged = remote.merged(&own, synced);
         assert_eq!(merged.rates(synced), own.rates(synced));
+    }
+
+    #[test]
+    fn fields_of_windows_past_are_stale() {
+        let now = 1_000_005;
+        for (field, stale) in [
+            ("r1:1000004", false),
+            ("r1:1000003", true),
+            ("r10:1000000", false),
+            ("r10:999990", false),
+            ("r10:999980", true),
+            ("r300:999600", false),
+            ("r300:999300", true),
+            ("x:999840", true),
+            ("x:999900", false),
+            ("f:999300", true),
+            ("v", false),
+            ("vr", false),
+            ("r7:1", false),
+            ("zz:1", false),
+            ("r1:notanumber", false),
+        ] {
+            assert_eq!(is_stale(field.as_bytes(), now), stale, "{field}");
+        }
+        // Nothing the current read asks for is ever stale.
+        let fields = Fields::at(now);
+        assert!(fields.read.iter().all(|f| !is_stale(f.as_bytes(), now)));
     }
 
     #[test]
