@@ -127,6 +127,7 @@ pub struct Shared {
     config: SharedConfig,
     /// Notes by client, in shards so that workers rarely meet on a lock.
     pending: Vec<Mutex<Notes>>,
+    shard_hasher: foldhash::fast::RandomState,
     remote: BoundedMap<ClientKey, Remote>,
     metrics: Mutex<Option<SyncMetrics>>,
     /// [`UNKNOWN`] until the first sync, then 1 (up) or 0 (down).
@@ -149,6 +150,7 @@ impl Shared {
             pending: (0..PENDING_SHARDS)
                 .map(|_| Mutex::new(Notes::default()))
                 .collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
             remote: BoundedMap::new(capacity),
             metrics: Mutex::new(None),
             up: AtomicU8::new(UNKNOWN),
@@ -185,10 +187,12 @@ impl Shared {
         }
     }
 
+    /// The shard of a client's notes, by a hash keyed per process, so
+    /// that nobody can choose addresses that all fill one shard.
     fn shard(&self, key: ClientKey) -> &Mutex<Notes> {
-        let bits = key.bits();
-        let mixed = ((bits as u64) ^ ((bits >> 64) as u64)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.pending[(mixed >> 60) as usize % PENDING_SHARDS]
+        use std::hash::BuildHasher;
+        let hash = self.shard_hasher.hash_one(key);
+        &self.pending[(hash >> 60) as usize % PENDING_SHARDS]
     }
 
     /// Every note so far, leaving none.
