@@ -409,3 +409,19 @@ async fn fields_left_by_pauses_are_swept() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_lost_while_idle_shows_in_the_metrics() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let a = replica(&up.url(), &redis.url(), &rules);
+    let (status, _) = request(&a, "198.51.100.40", "/").await;
+    assert_eq!(status, 200);
+    wait_for_metric(&a, "usher_state_backend_up", |v| v == 1.0).await;
+    // No traffic from here on (and every note flushed): only the idle
+    // check can notice.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(redis);
+    wait_for_metric(&a, "usher_state_backend_up", |v| v == 0.0).await;
+}

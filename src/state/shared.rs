@@ -273,6 +273,7 @@ impl Shared {
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
         let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+        let mut idle_ticks = 0u32;
         let mut tick = tokio::time::interval(self.config.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -296,9 +297,21 @@ impl Shared {
                 }
                 return;
             }
-            if batch.is_empty() && connection.is_some() {
+            if batch.is_empty()
+                && let Some(c) = connection.as_mut()
+            {
+                // Idle: a PING now and then keeps `backend_up` honest.
+                idle_ticks += 1;
+                if idle_ticks >= IDLE_PING_TICKS {
+                    idle_ticks = 0;
+                    if let Err(e) = redis::cmd("PING").query_async::<()>(c).await {
+                        connection = None;
+                        self.failed(&e);
+                    }
+                }
                 continue;
             }
+            idle_ticks = 0;
             let started = std::time::Instant::now();
             if connection.is_none() {
                 match client
@@ -449,6 +462,9 @@ impl Shared {
         format!("{}c:{{{:032x}}}", self.config.key_prefix, key.bits())
     }
 }
+
+/// Idle sync ticks between PINGs that check Redis is still there.
+const IDLE_PING_TICKS: u32 = 10;
 
 /// How often (seconds) a replica reads a client's field names to delete
 /// those of windows past.
