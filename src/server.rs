@@ -292,21 +292,15 @@ fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) {
         return;
     };
     shared.set_metrics(metrics.state_sync.clone());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let started = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "state backend: cannot start the sync thread; serving on local state");
-            return;
-        }
-    };
-    let sync = move || runtime.block_on(shared.run());
-    if let Err(e) = std::thread::Builder::new()
-        .name("usher-state-sync".into())
-        .spawn(sync)
-    {
+        .and_then(|runtime| {
+            std::thread::Builder::new()
+                .name("usher-state-sync".into())
+                .spawn(move || runtime.block_on(shared.run()))
+        });
+    if let Err(e) = started {
         tracing::error!(error = %e, "state backend: cannot start the sync thread; serving on local state");
     }
 }

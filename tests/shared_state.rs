@@ -53,6 +53,37 @@ impl Redis {
     fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
+
+    /// A connection of the test's own, to look at what usher wrote.
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+/// The key usher keeps an IPv4 client's counts under (prefix `test:`).
+fn client_key(ip: &str) -> String {
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()))
+}
+
+/// The requests Redis holds for a client over its 5-minute windows, and
+/// all of the client's fields.
+async fn requests_in_redis(
+    c: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> (i64, std::collections::HashMap<String, String>) {
+    let fields: std::collections::HashMap<String, String> =
+        redis::cmd("HGETALL").arg(key).query_async(c).await.unwrap();
+    let requests = fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("r300:"))
+        .filter_map(|(_, n)| n.parse::<i64>().ok())
+        .sum();
+    (requests, fields)
 }
 
 impl Drop for Redis {
@@ -311,20 +342,8 @@ sync_interval = "1s"
     a.signal(libc::SIGTERM);
     assert!(a.wait(Duration::from_secs(10)).is_some_and(|s| s.success()));
 
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let ip: std::net::Ipv4Addr = "198.51.100.12".parse().unwrap();
-    let key = format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()));
-    let fields: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(&key)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let requests: i64 = fields
-        .iter()
-        .filter(|(f, _)| f.starts_with("r300:"))
-        .map(|(_, n)| n)
-        .sum();
+    let mut c = redis.connection().await;
+    let (requests, fields) = requests_in_redis(&mut c, &client_key("198.51.100.12")).await;
     assert_eq!(requests, 5, "{fields:?}");
 }
 
@@ -335,10 +354,8 @@ async fn one_odd_key_in_redis_spoils_no_other_clients_sync() {
     let (_rules_dir, rules) = rules_file();
     let a = replica(&up.url(), &redis.url(), &rules);
     // Someone wrote a non-number where usher keeps a client's verdict.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let ip: std::net::Ipv4Addr = "198.51.100.20".parse().unwrap();
-    let key = format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()));
+    let mut c = redis.connection().await;
+    let key = client_key("198.51.100.20");
     let () = redis::cmd("HSET")
         .arg(&key)
         .arg("v")
@@ -360,16 +377,7 @@ async fn one_odd_key_in_redis_spoils_no_other_clients_sync() {
     assert_eq!(sample(&metrics, "usher_state_backend_up"), Some(1.0));
     assert_eq!(sample(&metrics, "usher_state_sync_errors_total"), Some(0.0));
     // And the odd client's counts were still kept.
-    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(&key)
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    let requests: i64 = fields
-        .iter()
-        .filter(|(f, _)| f.starts_with("r300:"))
-        .filter_map(|(_, n)| n.parse::<i64>().ok())
-        .sum();
+    let (requests, fields) = requests_in_redis(&mut c, &key).await;
     assert_eq!(requests, 5, "{fields:?}");
 }
 
@@ -380,10 +388,8 @@ async fn fields_left_by_pauses_are_swept() {
     let (_rules_dir, rules) = rules_file();
     let a = replica(&up.url(), &redis.url(), &rules);
     // What a client that came back after pauses would have left behind.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let ip: std::net::Ipv4Addr = "198.51.100.30".parse().unwrap();
-    let key = format!("test:c:{{{:032x}}}", u128::from(ip.to_ipv6_mapped()));
+    let mut c = redis.connection().await;
+    let key = client_key("198.51.100.30");
     let () = redis::cmd("HSET")
         .arg(&key)
         .arg(&["r1:1000", "1", "r10:1000", "1", "x:960", "1", "f:900", "1"])

@@ -53,6 +53,22 @@ pub fn deserialize_allow_zero<'de, D: Deserializer<'de>>(d: D) -> Result<Duratio
     }
 }
 
+/// A duration between `min` and `max` (inclusive), for the key `what`.
+pub fn deserialize_within<'de, D: Deserializer<'de>>(
+    d: D,
+    (min, max): (Duration, Duration),
+    what: &str,
+    range: &str,
+) -> Result<Duration, D::Error> {
+    let duration = deserialize(d)?;
+    if !(min..=max).contains(&duration) {
+        return Err(serde::de::Error::custom(format!(
+            "{what} must be between {range}"
+        )));
+    }
+    Ok(duration)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

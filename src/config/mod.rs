@@ -319,25 +319,15 @@ fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 fn sync_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let interval = duration::deserialize(d)?;
-    if !(Duration::from_millis(10)..=Duration::from_secs(1)).contains(&interval) {
-        return Err(serde::de::Error::custom(
-            "sync_interval must be between 10ms and 1s",
-        ));
-    }
-    Ok(interval)
+    let range = (Duration::from_millis(10), Duration::from_secs(1));
+    duration::deserialize_within(d, range, "sync_interval", "10ms and 1s")
 }
 
+/// A client's hash in Redis lives 10 minutes past its last write; a
+/// verdict cannot outlive it.
 fn verdict_ttl<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let ttl = duration::deserialize(d)?;
-    // A client's hash in Redis lives 10 minutes past its last write; a
-    // verdict cannot outlive it.
-    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&ttl) {
-        return Err(serde::de::Error::custom(
-            "verdict_ttl must be between 1s and 10m",
-        ));
-    }
-    Ok(ttl)
+    let range = (Duration::from_secs(1), Duration::from_secs(600));
+    duration::deserialize_within(d, range, "verdict_ttl", "1s and 10m")
 }
 
 /// Reverse DNS for crawler claims (the crawlers themselves are defined in

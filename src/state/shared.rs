@@ -129,7 +129,7 @@ pub struct Shared {
     pending: Vec<Mutex<Notes>>,
     shard_hasher: foldhash::fast::RandomState,
     remote: BoundedMap<ClientKey, Remote>,
-    metrics: Mutex<Option<SyncMetrics>>,
+    metrics: std::sync::OnceLock<SyncMetrics>,
     /// [`UNKNOWN`] until the first sync, then 1 (up) or 0 (down).
     up: AtomicU8,
     /// This replica, as its verdicts name it (random per process).
@@ -152,7 +152,7 @@ impl Shared {
                 .collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
             remote: BoundedMap::new(capacity),
-            metrics: Mutex::new(None),
+            metrics: std::sync::OnceLock::new(),
             up: AtomicU8::new(UNKNOWN),
             replica: replica_id(),
             finish: tokio::sync::Notify::new(),
@@ -160,16 +160,16 @@ impl Shared {
         }
     }
 
-    /// Report to these metrics from now on.
+    /// Report to these metrics from now on (the first set given wins).
     pub fn set_metrics(&self, metrics: SyncMetrics) {
         metrics
             .up
             .set(i64::from(self.up.load(Ordering::Relaxed) == 1));
-        *lock(&self.metrics) = Some(metrics);
+        let _ = self.metrics.set(metrics);
     }
 
-    fn metrics(&self) -> Option<SyncMetrics> {
-        lock(&self.metrics).clone()
+    fn metrics(&self) -> Option<&SyncMetrics> {
+        self.metrics.get()
     }
 
     /// Note what a request adds to a client.
@@ -334,18 +334,17 @@ impl Shared {
                 continue;
             };
             let result = self.sync(c, &batch).await;
-            let metrics = self.metrics();
-            if let Some(m) = &metrics {
+            if let Some(m) = self.metrics() {
                 m.duration.observe(started.elapsed().as_secs_f64());
             }
             match result {
-                Ok(()) => self.set_up(true, None, metrics.as_ref()),
+                Ok(()) => self.set_up(true, None),
                 Err(e) => {
                     // Sent, perhaps applied: sending the notes again could
                     // count them twice, so they are given up (and counted).
                     connection = None;
                     self.failed(&e);
-                    if let Some(m) = &metrics {
+                    if let Some(m) = self.metrics() {
                         m.dropped.inc_by(batch.len() as u64);
                     }
                 }
@@ -354,15 +353,14 @@ impl Shared {
     }
 
     fn failed(&self, error: &redis::RedisError) {
-        let metrics = self.metrics();
-        if let Some(m) = &metrics {
+        if let Some(m) = self.metrics() {
             m.errors.inc();
         }
-        self.set_up(false, Some(error), metrics.as_ref());
+        self.set_up(false, Some(error));
     }
 
-    fn set_up(&self, up: bool, error: Option<&redis::RedisError>, metrics: Option<&SyncMetrics>) {
-        if let Some(m) = metrics {
+    fn set_up(&self, up: bool, error: Option<&redis::RedisError>) {
+        if let Some(m) = self.metrics() {
             m.up.set(i64::from(up));
         }
         if self.up.swap(u8::from(up), Ordering::Relaxed) != u8::from(up) {
@@ -398,13 +396,14 @@ impl Shared {
         pipe.ignore_errors();
         // Once a minute per client, its field names are read too, so that
         // fields left by pauses (which the per-sync HDEL misses) go.
-        let mut swept = Vec::new();
+        // Per client: its key name when its field names are read.
+        let mut swept: Vec<Option<String>> = Vec::with_capacity(batch.len());
         for (key, delta) in batch {
             let name = self.client_key(*key);
             let due = self
                 .remote(*key)
                 .is_none_or(|r| r.flushed.clock / SWEEP_EVERY != now / SWEEP_EVERY);
-            swept.push(due);
+
             for (field, by) in fields.increments(delta) {
                 pipe.hincr(&name, field, by).ignore();
             }
@@ -418,6 +417,7 @@ impl Shared {
             if due {
                 pipe.cmd("HKEYS").arg(&name);
             }
+            swept.push(due.then_some(name));
         }
         let mut replies = pipe
             .query_async::<Vec<redis::Value>>(connection)
@@ -425,9 +425,11 @@ impl Shared {
             .into_iter();
         let mut sweep = redis::pipe();
         sweep.ignore_errors();
-        for ((key, delta), due) in batch.iter().zip(swept) {
+        for ((key, delta), swept) in batch.iter().zip(swept) {
             let reply = replies.next();
-            if due && let Some(redis::Value::Array(names)) = replies.next() {
+            if let Some(name) = swept
+                && let Some(redis::Value::Array(names)) = replies.next()
+            {
                 let stale: Vec<Vec<u8>> = names
                     .into_iter()
                     .filter_map(|n| match n {
@@ -436,7 +438,7 @@ impl Shared {
                     })
                     .collect();
                 if !stale.is_empty() {
-                    sweep.hdel(self.client_key(*key), stale).ignore();
+                    sweep.hdel(name, stale).ignore();
                 }
             }
             let Some(reply) = reply.and_then(numbers) else {
