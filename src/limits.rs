@@ -2,13 +2,15 @@
 //! kept in a bounded map so an address-rotation flood cannot grow it. A
 //! reload hands each unchanged quota, with the state it has gathered, to
 //! the new configuration, so reloading never resets what clients spent.
+//! Behind Redis, what other replicas admitted is charged here too, so a
+//! quota holds across replicas.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::StateStore;
@@ -47,17 +49,25 @@ impl Rate {
         Ok(Rate { count, per, burst })
     }
 
+    /// The time one request uses up: per/count.
+    fn interval(self) -> Duration {
+        (self.per / self.count.get()).max(Duration::from_nanos(1))
+    }
+
     fn quota(self) -> Quota {
-        // One request every per/count, `burst` at once.
-        let period = self.per / self.count.get();
-        Quota::with_period(period.max(Duration::from_nanos(1)))
+        // One request every interval, `burst` at once.
+        Quota::with_period(self.interval())
             .unwrap_or_else(|| Quota::per_second(self.count))
             .allow_burst(self.burst)
     }
 }
 
-/// GCRA state per client, bounded.
-struct Store(BoundedMap<ClientKey, Option<u64>>);
+/// GCRA state per client (the theoretical arrival time, in nanoseconds
+/// since the quota began), bounded.
+type States = BoundedMap<ClientKey, Option<u64>>;
+
+/// The limiter's view of the states.
+struct Store(Arc<States>);
 
 impl StateStore for Store {
     type Key = ClientKey;
@@ -87,9 +97,15 @@ struct ClassQuota {
     rate: Rate,
     capacity: usize,
     limiter: Limiter,
+    /// The limiter's states, for charges from other replicas.
+    states: Arc<States>,
+    /// When the quota began (as near as the limiter's own start as can
+    /// be had): states count from here.
+    start: <DefaultClock as Clock>::Instant,
 }
 
 /// The quotas of every class that has one.
+#[derive(Clone)]
 pub struct Limits {
     per_class: [Option<Arc<ClassQuota>>; Class::ALL.len()],
 }
@@ -130,15 +146,19 @@ impl Limits {
                 .filter(|q| q.rate == rate && q.capacity == capacity);
             per_class[class.index()] = Some(match kept {
                 Some(quota) => Arc::clone(quota),
-                None => Arc::new(ClassQuota {
-                    rate,
-                    capacity,
-                    limiter: RateLimiter::new(
-                        rate.quota(),
-                        Store(BoundedMap::new(capacity)),
-                        clock.clone(),
-                    ),
-                }),
+                None => {
+                    let states = Arc::new(States::new(capacity));
+                    let start = clock.now();
+                    let limiter =
+                        RateLimiter::new(rate.quota(), Store(Arc::clone(&states)), clock.clone());
+                    Arc::new(ClassQuota {
+                        rate,
+                        capacity,
+                        limiter,
+                        states,
+                        start,
+                    })
+                }
             });
         }
         Limits { per_class }
@@ -149,25 +169,53 @@ impl Limits {
         self.per_class[class.index()].is_some()
     }
 
+    /// Who a quota counts: a verified subject has its own quota wherever
+    /// it connects from (accounts behind one NAT do not share); others
+    /// are counted by address.
+    pub fn client(address: IpAddr, subject: Option<&str>) -> ClientKey {
+        subject.map_or_else(|| ClientKey::of(address), ClientKey::of_subject)
+    }
+
     /// Take one request from the client's quota for its class: `Err` with
-    /// how long to wait when it is spent. A verified subject has its own
-    /// quota wherever it connects from (accounts behind one NAT do not
-    /// share); others are counted by address. A class without a quota is
-    /// never limited.
-    pub fn check(
-        &self,
-        class: Class,
-        client: IpAddr,
-        subject: Option<&str>,
-    ) -> Result<(), Duration> {
+    /// how long to wait when it is spent. A class without a quota is never
+    /// limited.
+    pub fn check(&self, class: Class, client: ClientKey) -> Result<(), Duration> {
         let Some(quota) = &self.per_class[class.index()] else {
             return Ok(());
         };
-        let key = subject.map_or_else(|| ClientKey::of(client), ClientKey::of_subject);
         let limiter = &quota.limiter;
         limiter
-            .check_key(&key)
+            .check_key(&client)
             .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    }
+
+    /// Charge a client's quota for requests admitted elsewhere (by other
+    /// replicas) over the last `over`: it is as if they had been admitted
+    /// here at its start, so what they used has worn off since as it
+    /// would have here. A class without a quota ignores it.
+    pub fn charge(&self, class: Class, client: ClientKey, requests: u32, over: Duration) {
+        let Some(quota) = &self.per_class[class.index()] else {
+            return;
+        };
+        if requests == 0 {
+            return;
+        }
+        // In signed time: `over` may reach back before the quota began
+        // here. Any time not after now means a client fully rested, so a
+        // result before the start is stored as the start.
+        let now = i128::from(u64::from(
+            quota.limiter.clock().now().duration_since(quota.start),
+        ));
+        let from = now - i128::try_from(over.as_nanos()).unwrap_or(i128::MAX);
+        let cost = quota.rate.interval().as_nanos() as i128 * i128::from(requests);
+        quota.states.with(
+            client,
+            || None,
+            |slot| {
+                let at = slot.map_or(from, |at| from.max(i128::from(at))) + cost;
+                *slot = Some(u64::try_from(at.max(0)).unwrap_or(u64::MAX));
+            },
+        );
     }
 }
 
@@ -198,24 +246,80 @@ mod tests {
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
-            assert!(limits.check(Class::MaliciousBot, a, None).is_ok());
+            assert!(
+                limits
+                    .check(Class::MaliciousBot, Limits::client(a, None))
+                    .is_ok()
+            );
         }
-        let wait = limits.check(Class::MaliciousBot, a, None).unwrap_err();
+        let wait = limits
+            .check(Class::MaliciousBot, Limits::client(a, None))
+            .unwrap_err();
         assert!(wait > Duration::from_secs(1000), "{wait:?}");
         assert!(
-            limits.check(Class::MaliciousBot, b, None).is_ok(),
+            limits
+                .check(Class::MaliciousBot, Limits::client(b, None))
+                .is_ok(),
             "another client has its own quota"
         );
         assert!(
-            limits.check(Class::MaliciousBot, a, Some("alice")).is_ok(),
+            limits
+                .check(Class::MaliciousBot, Limits::client(a, Some("alice")))
+                .is_ok(),
             "an account behind the same address has its own quota"
         );
         for _ in 0..100 {
             assert!(
-                limits.check(Class::PublicVisitor, a, None).is_ok(),
+                limits
+                    .check(Class::PublicVisitor, Limits::client(a, None))
+                    .is_ok(),
                 "no quota, no limit"
             );
         }
+    }
+
+    #[test]
+    fn requests_admitted_elsewhere_are_charged_here() {
+        let limits = Limits::new(
+            &[(Class::PublicVisitor, Rate::parse("1/h", Some(5)).unwrap())],
+            1000,
+        );
+        let a = Limits::client("192.0.2.1".parse().unwrap(), None);
+        let b = Limits::client("192.0.2.2".parse().unwrap(), None);
+        assert!(limits.check(Class::PublicVisitor, a).is_ok());
+        limits.charge(Class::PublicVisitor, a, 3, Duration::ZERO);
+        assert!(limits.check(Class::PublicVisitor, a).is_ok());
+        let wait = limits.check(Class::PublicVisitor, a).unwrap_err();
+        assert!(wait > Duration::from_secs(3000), "{wait:?}");
+
+        // A client never seen here starts with what it spent elsewhere.
+        limits.charge(Class::PublicVisitor, b, 4, Duration::ZERO);
+        assert!(limits.check(Class::PublicVisitor, b).is_ok());
+        assert!(limits.check(Class::PublicVisitor, b).is_err());
+
+        // Charges to a class without a quota, or of nothing, change nothing.
+        limits.charge(Class::MaliciousBot, a, 100, Duration::ZERO);
+        limits.charge(Class::PublicVisitor, b, 0, Duration::ZERO);
+        assert!(limits.check(Class::MaliciousBot, a).is_ok());
+    }
+
+    #[test]
+    fn what_others_admitted_long_ago_has_worn_off() {
+        // 1/s, burst 5: 60 requests admitted elsewhere over the last
+        // minute used the quota at its pace, which leaves the burst here;
+        // the same 60 over the last second would leave nothing.
+        let limits = Limits::new(
+            &[(Class::PublicVisitor, Rate::parse("1/s", Some(5)).unwrap())],
+            1000,
+        );
+        let a = Limits::client("192.0.2.1".parse().unwrap(), None);
+        let b = Limits::client("192.0.2.2".parse().unwrap(), None);
+        limits.charge(Class::PublicVisitor, a, 60, Duration::from_secs(60));
+        for _ in 0..4 {
+            assert!(limits.check(Class::PublicVisitor, a).is_ok());
+        }
+        limits.charge(Class::PublicVisitor, b, 60, Duration::from_secs(1));
+        assert!(limits.check(Class::PublicVisitor, b).is_err());
     }
 
     #[test]
@@ -227,8 +331,16 @@ mod tests {
             1000,
         );
         let a: IpAddr = "192.0.2.1".parse().unwrap();
-        assert!(before.check(Class::MaliciousBot, a, None).is_ok());
-        assert!(before.check(Class::RegisteredUser, a, None).is_ok());
+        assert!(
+            before
+                .check(Class::MaliciousBot, Limits::client(a, None))
+                .is_ok()
+        );
+        assert!(
+            before
+                .check(Class::RegisteredUser, Limits::client(a, None))
+                .is_ok()
+        );
 
         let changed = Rate::parse("1/h", Some(3)).unwrap();
         let after = Limits::after(
@@ -236,19 +348,29 @@ mod tests {
             1000,
             Some(&before),
         );
-        assert!(after.check(Class::MaliciousBot, a, None).is_ok());
         assert!(
-            after.check(Class::MaliciousBot, a, None).is_err(),
+            after
+                .check(Class::MaliciousBot, Limits::client(a, None))
+                .is_ok()
+        );
+        assert!(
+            after
+                .check(Class::MaliciousBot, Limits::client(a, None))
+                .is_err(),
             "the unchanged quota remembers the request made before the reload"
         );
         for _ in 0..3 {
             assert!(
-                after.check(Class::RegisteredUser, a, None).is_ok(),
+                after
+                    .check(Class::RegisteredUser, Limits::client(a, None))
+                    .is_ok(),
                 "a changed quota starts afresh"
             );
         }
         assert!(
-            before.check(Class::MaliciousBot, a, None).is_err(),
+            before
+                .check(Class::MaliciousBot, Limits::client(a, None))
+                .is_err(),
             "requests still holding the old quotas share the same state"
         );
     }

@@ -292,13 +292,16 @@ fn start_sharing(proxy: &Arc<Proxy>, metrics: &Metrics) {
         return;
     };
     shared.set_metrics(metrics.state_sync.clone());
+    // The quotas are the live configuration's, whatever reloads bring.
+    let proxy = Arc::clone(proxy);
+    let limits = move || proxy.settings().classifier.limits().clone();
     let started = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .and_then(|runtime| {
             std::thread::Builder::new()
                 .name("usher-state-sync".into())
-                .spawn(move || runtime.block_on(shared.run()))
+                .spawn(move || runtime.block_on(shared.run(limits)))
         });
     if let Err(e) = started {
         tracing::error!(error = %e, "state backend: cannot start the sync thread; serving on local state");

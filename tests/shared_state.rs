@@ -130,9 +130,13 @@ verdict_ttl = "60s"
 }
 
 fn rules_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    rules_file_with(RULES)
+}
+
+fn rules_file_with(rules: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rules.toml");
-    std::fs::write(&path, RULES).unwrap();
+    std::fs::write(&path, rules).unwrap();
     (dir, path)
 }
 
@@ -200,6 +204,60 @@ async fn a_pace_only_the_sum_exceeds_is_seen_by_both_replicas() {
         assert_eq!(sample(&metrics, "usher_state_backend_up"), Some(1.0));
         assert_eq!(sample(&metrics, "usher_state_sync_errors_total"), Some(0.0));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_holds_across_replicas() {
+    let redis = Redis::start();
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file_with(
+        r#"
+[limits]
+public_visitor = { rate = "10/h", burst = 10 }
+
+[thresholds]
+action.public_visitor = "limit"
+"#,
+    );
+    let a = replica(&up.url(), &redis.url(), &rules);
+    let b = replica(&up.url(), &redis.url(), &rules);
+
+    // 15 requests to each, alternating, each after the last one's sync:
+    // alone, each replica would admit 10 of its 15 (20 in all); sharing
+    // what they admitted, they hold the client to its 10, and one more:
+    // a replica reads a client's counts when it syncs what it noted of
+    // it, so it learns of the other's last admission only after its own
+    // next request.
+    let client = "198.51.100.20";
+    let mut admitted = [0; 2];
+    for i in 0..30 {
+        let usher = if i % 2 == 0 { &a } else { &b };
+        let (status, _) = request(usher, client, "/").await;
+        match status {
+            200 => admitted[i % 2] += 1,
+            429 => {}
+            other => panic!("status {other}"),
+        }
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let total = admitted[0] + admitted[1];
+    assert!(
+        (10..=11).contains(&total),
+        "admitted by a and b: {admitted:?}"
+    );
+    assert!(admitted.iter().all(|&n| n > 0), "{admitted:?}");
+    // Redis holds what both admitted, in the class's own fields.
+    let mut c = redis.connection().await;
+    let (_, fields) = requests_in_redis(&mut c, &client_key(client)).await;
+    let stored: i64 = fields
+        .iter()
+        .filter(|(f, _)| f.starts_with("q0:"))
+        .filter_map(|(_, n)| n.parse::<i64>().ok())
+        .sum();
+    assert_eq!(stored, total, "{fields:?}");
+    // Another client has its own quota.
+    let (status, _) = request(&b, "198.51.100.21", "/").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

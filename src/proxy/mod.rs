@@ -29,6 +29,7 @@ use crate::classify::Classifier;
 use crate::config::{Config, Labels, Upstream};
 use crate::facts::Facts;
 use crate::forwarded::TrustedProxies;
+use crate::limits::Limits;
 use crate::metrics::{Failure, Metrics, UpstreamError};
 use crate::verdict::Action;
 
@@ -162,14 +163,13 @@ impl Proxy {
         match action {
             Action::Forward => {}
             Action::Limit => {
-                if let Err(wait) =
-                    settings
-                        .classifier
-                        .limits()
-                        .check(class, client_ip, subject.as_deref())
-                {
+                let client = Limits::client(client_ip, subject.as_deref());
+                if let Err(wait) = settings.classifier.limits().check(class, client) {
                     self.metrics.count_rate_limited(class);
                     return Ok(too_many_requests(wait, done));
+                }
+                if let Some(shared) = settings.classifier.signals().shared() {
+                    shared.note_admitted(client, class);
                 }
             }
             Action::Deny => {

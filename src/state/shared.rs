@@ -3,9 +3,10 @@
 //! map) and reads what the last sync brought; a background task flushes
 //! the notes every `sync_interval` in one pipelined batch, reads the
 //! global counts back and keeps, per client, what the other replicas
-//! added. Redis down, slow or failing: requests go on with local state
-//! (fail-open), the task logs once per change and retries, and the notes
-//! stay bounded.
+//! added. What other replicas admitted of a client's `limit` quotas is
+//! charged to the quotas here. Redis down, slow or failing: requests go
+//! on with local state (fail-open), the task logs once per change and
+//! retries, and the notes stay bounded.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,6 +18,11 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 use super::{
     AUTH_FAILURE_WINDOW, BoundedMap, ClientKey, ClientRecord, Count, RATE_WINDOWS, STATUS_WINDOW,
 };
+use crate::limits::Limits;
+use crate::verdict::Class;
+
+/// Classes, for per-class tables.
+const CLASSES: usize = Class::ALL.len();
 
 /// Clients with unflushed notes, at most; past it a new client's notes
 /// are dropped (and counted) until the next flush.
@@ -37,6 +43,8 @@ pub struct Delta {
     status_404: u32,
     status_auth: u32,
     auth_failures: u32,
+    /// Requests admitted within the client's quota, by class.
+    admitted: [u32; CLASSES],
     /// This replica judged the client `malicious_bot`.
     verdict: bool,
 }
@@ -49,6 +57,9 @@ impl Delta {
         self.status_404 = self.status_404.saturating_add(other.status_404);
         self.status_auth = self.status_auth.saturating_add(other.status_auth);
         self.auth_failures = self.auth_failures.saturating_add(other.auth_failures);
+        for (a, b) in self.admitted.iter_mut().zip(other.admitted) {
+            *a = a.saturating_add(b);
+        }
         self.verdict |= other.verdict;
     }
 }
@@ -65,6 +76,23 @@ pub struct Remote {
     /// Until when (Unix seconds) another replica's `malicious_bot`
     /// verdict stands; 0 for none.
     verdict_until: u32,
+    /// What all replicas admitted of the client's quotas, as last read.
+    admitted: Admitted,
+}
+
+/// What all replicas admitted of a client's quotas, per class, in the
+/// minute window of the last read; each new read gives what the other
+/// replicas admitted in between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Admitted {
+    /// The count last read, per class.
+    seen: [u32; CLASSES],
+    /// When the window of `seen` started (Unix seconds).
+    window: u32,
+    /// The classes read at least once.
+    known: u8,
+    /// When the last read was (Unix milliseconds).
+    read_at: u64,
 }
 
 impl Remote {
@@ -92,6 +120,62 @@ impl Remote {
         add(&mut mine.status_auth, theirs.status_auth);
         add(&mut mine.auth_failures, theirs.auth_failures);
         mine
+    }
+}
+
+/// Requests the other replicas admitted of a quota, over how long.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Elsewhere {
+    requests: u32,
+    over: Duration,
+}
+
+impl Admitted {
+    /// Take a read of the global counts (for each of `classes`, the
+    /// current minute's and the previous one's), of which `mine` were
+    /// admitted here since the last read: gives, per class, what the
+    /// others admitted since the last read and over how long. A class
+    /// read for the first time (or after a pause of minutes) gives the
+    /// others' two minutes, over the two minutes.
+    fn update(
+        &mut self,
+        classes: &[Class],
+        global: &[Option<i64>],
+        mine: &[u32; CLASSES],
+        now_ms: u64,
+    ) -> [Elsewhere; CLASSES] {
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let window = now - now % STATUS_WINDOW;
+        let count = |v: Option<i64>| u32::try_from(v.unwrap_or(0).max(0)).unwrap_or(u32::MAX);
+        let since_read = Duration::from_millis(now_ms.saturating_sub(self.read_at));
+        let mut elsewhere = [Elsewhere::default(); CLASSES];
+        for (&class, pair) in classes.iter().zip(global.chunks_exact(2)) {
+            let i = class.index();
+            let (current, previous) = (count(pair[0]), count(pair[1]));
+            let last = std::mem::replace(&mut self.seen[i], current);
+            let known = self.known & (1 << i) != 0;
+            self.known |= 1 << i;
+            // A count below the last one read means the key expired and
+            // began again: all of it is new.
+            let after = |total: u32| total.checked_sub(last).unwrap_or(total);
+            let (all, over) = match self.window {
+                w if known && w == window => (after(current), since_read),
+                w if known && w + STATUS_WINDOW == window => {
+                    (after(previous).saturating_add(current), since_read)
+                }
+                _ => (
+                    previous.saturating_add(current),
+                    Duration::from_millis(now_ms - u64::from(window - STATUS_WINDOW) * 1000),
+                ),
+            };
+            elsewhere[i] = Elsewhere {
+                requests: all.saturating_sub(mine[i]),
+                over,
+            };
+        }
+        self.window = window;
+        self.read_at = now_ms;
+        elsewhere
     }
 }
 
@@ -231,6 +315,19 @@ impl Shared {
         );
     }
 
+    /// A request admitted within its client's quota for `class`.
+    pub fn note_admitted(&self, key: ClientKey, class: Class) {
+        let mut admitted = [0; CLASSES];
+        admitted[class.index()] = 1;
+        self.note(
+            key,
+            Delta {
+                admitted,
+                ..Delta::default()
+            },
+        );
+    }
+
     /// This replica judged a client `malicious_bot`.
     pub fn note_verdict(&self, key: ClientKey) {
         self.note(
@@ -258,8 +355,10 @@ impl Shared {
     }
 
     /// Flush notes and read counts back every `sync_interval`, until the
-    /// process ends or [`Shared::finish`] is called.
-    pub async fn run(self: std::sync::Arc<Self>) {
+    /// process ends or [`Shared::finish`] is called; what other replicas
+    /// admitted is charged to the quotas `limits` gives at each sync (the
+    /// live configuration's).
+    pub async fn run(self: std::sync::Arc<Self>, limits: impl Fn() -> Limits) {
         let client = match redis::Client::open(self.config.url.as_str()) {
             Ok(client) => client,
             Err(e) => {
@@ -285,12 +384,12 @@ impl Shared {
             if last {
                 // One try, then stop whatever came of it.
                 if let Some(c) = connection.as_mut() {
-                    let _ = self.sync(c, &batch).await;
+                    let _ = self.sync(c, &batch, &limits()).await;
                 } else if let Ok(mut c) = client
                     .get_multiplexed_async_connection_with_config(&options)
                     .await
                 {
-                    let _ = self.sync(&mut c, &batch).await;
+                    let _ = self.sync(&mut c, &batch, &limits()).await;
                 }
                 if let Some(done) = lock(&self.finished).take() {
                     let _ = done.send(());
@@ -333,7 +432,7 @@ impl Shared {
             let Some(c) = connection.as_mut() else {
                 continue;
             };
-            let result = self.sync(c, &batch).await;
+            let result = self.sync(c, &batch, &limits()).await;
             if let Some(m) = self.metrics() {
                 m.duration.observe(started.elapsed().as_secs_f64());
             }
@@ -376,17 +475,21 @@ impl Shared {
 
     /// One flush, all clients in one pipeline of plain commands: per
     /// client, one hash takes the increments of each window's field, loses
-    /// the fields of windows past, and gives back those still counting.
+    /// the fields of windows past, and gives back those still counting
+    /// with what was admitted of the quotas `limits` has.
     async fn sync(
         &self,
         connection: &mut redis::aio::MultiplexedConnection,
         batch: &[(ClientKey, Delta)],
+        limits: &Limits,
     ) -> redis::RedisResult<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let now = unix_seconds(SystemTime::now());
-        let fields = Fields::at(now);
+        let now_ms = unix_millis(SystemTime::now());
+        let now = u32::try_from(now_ms / 1000).unwrap_or(u32::MAX);
+        let quotas: Vec<Class> = Class::ALL.into_iter().filter(|&c| limits.has(c)).collect();
+        let fields = Fields::at(now, &quotas);
         let verdict_until = now.saturating_add(
             u32::try_from(self.config.verdict_ttl.as_secs().max(1)).unwrap_or(u32::MAX),
         );
@@ -444,12 +547,25 @@ impl Shared {
             let Some(reply) = reply.and_then(numbers) else {
                 continue;
             };
-            let mut flushed = self.remote(*key).map(|r| r.flushed).unwrap_or_default();
-            flushed.advance(now);
-            add_delta(&mut flushed, delta);
-            let Some(remote) = remote_counts(&reply, flushed, now, self.replica) else {
+            let Some((counts, admitted)) = reply.split_first_chunk::<READ_LEN>() else {
                 continue;
             };
+            if admitted.len() != 2 * quotas.len() {
+                continue;
+            }
+            let before = self.remote(*key).unwrap_or_default();
+            let mut flushed = before.flushed;
+            flushed.advance(now);
+            add_delta(&mut flushed, delta);
+            let mut remote = remote_counts(counts, flushed, now, self.replica);
+            remote.admitted = before.admitted;
+            let elsewhere = remote
+                .admitted
+                .update(&quotas, admitted, &delta.admitted, now_ms);
+            for &class in &quotas {
+                let Elsewhere { requests, over } = elsewhere[class.index()];
+                limits.charge(class, *key, requests, over);
+            }
             self.remote.with(*key, Remote::default, |r| *r = remote);
         }
         if !sweep.is_empty() {
@@ -484,6 +600,7 @@ fn is_stale(field: &[u8], now: u32) -> bool {
     };
     let window = match what {
         "a" | "x" | "n" | "u" => STATUS_WINDOW,
+        q if Fields::ADMITTED.contains(&q) => STATUS_WINDOW,
         "f" => AUTH_FAILURE_WINDOW,
         _ => match what.strip_prefix('r').and_then(|w| w.parse::<u32>().ok()) {
             Some(w) if WINDOWS.contains(&w) => w,
@@ -513,7 +630,9 @@ const WINDOW_COUNT: usize = WINDOWS.len();
 const READ_LEN: usize = 2 * WINDOW_COUNT + 8 + 2 + 2;
 
 /// The hash fields of one sync second: a window's field is named by what
-/// it counts and when the window started (`r60:1000020`, `x:1000020`).
+/// it counts and when the window started (`r60:1000020`, `x:1000020`);
+/// what was admitted of a class's quota is counted by the minute, named
+/// by the class's place (`q0:1000020` for `public_visitor`).
 struct Fields {
     /// Requests' field of each window now.
     requests: [String; WINDOW_COUNT],
@@ -521,8 +640,11 @@ struct Fields {
     statuses: [String; 4],
     /// Failed credentials' field now.
     auth: String,
-    /// What a read asks for, in [`READ_LEN`] order.
+    /// What a read asks for: [`READ_LEN`] fields in order, then for each
+    /// class with a quota what was admitted this minute and the last.
     read: Vec<String>,
+    /// Admitted requests' field of each class now.
+    admitted: [String; CLASSES],
     /// Fields of windows no longer counting (two and more back), deleted
     /// as each client syncs; a client idle meanwhile leaves a few more,
     /// gone with its key.
@@ -531,8 +653,9 @@ struct Fields {
 
 impl Fields {
     const STATUS: [&'static str; 4] = ["a", "x", "n", "u"];
+    const ADMITTED: [&'static str; CLASSES] = ["q0", "q1", "q2", "q3", "q4"];
 
-    fn at(now: u32) -> Fields {
+    fn at(now: u32, quotas: &[Class]) -> Fields {
         let start = |w: u32, back: u32| {
             let s = now - now % w;
             s.saturating_sub(back * w)
@@ -541,7 +664,9 @@ impl Fields {
         let statuses =
             |back: u32| Self::STATUS.map(|f| format!("{f}:{}", start(STATUS_WINDOW, back)));
         let auth = |back: u32| format!("f:{}", start(AUTH_FAILURE_WINDOW, back));
-        let mut read: Vec<String> = Vec::with_capacity(READ_LEN);
+        let admitted =
+            |back: u32| Self::ADMITTED.map(|f| format!("{f}:{}", start(STATUS_WINDOW, back)));
+        let mut read: Vec<String> = Vec::with_capacity(READ_LEN + 2 * quotas.len());
         read.extend(requests(0));
         read.extend(requests(1));
         read.extend(statuses(0));
@@ -550,6 +675,11 @@ impl Fields {
         read.push(auth(1));
         read.push("v".to_owned());
         read.push("vr".to_owned());
+        let (now_admitted, before_admitted) = (admitted(0), admitted(1));
+        for class in quotas {
+            read.push(now_admitted[class.index()].clone());
+            read.push(before_admitted[class.index()].clone());
+        }
         let mut stale: Vec<String> = Vec::new();
         for back in 2..=5 {
             stale.push(format!("r1:{}", start(1, back)));
@@ -557,11 +687,14 @@ impl Fields {
         stale.extend(requests(2).into_iter().skip(1));
         stale.extend(statuses(2));
         stale.push(auth(2));
+        let gone = admitted(2);
+        stale.extend(quotas.iter().map(|c| gone[c.index()].clone()));
         Fields {
             requests: requests(0),
             statuses: statuses(0),
             auth: auth(0),
             read,
+            admitted: now_admitted,
             stale,
         }
     }
@@ -578,6 +711,7 @@ impl Fields {
         requests
             .chain(statuses)
             .chain(std::iter::once((self.auth.as_str(), d.auth_failures)))
+            .chain(self.admitted.iter().map(String::as_str).zip(d.admitted))
             .filter(|(_, by)| *by > 0)
     }
 }
@@ -617,14 +751,11 @@ fn add_delta(record: &mut ClientRecord, d: &Delta) {
 /// replica flushed (`flushed`, filed by sync time as Redis files it), and
 /// their verdict unless it is this replica's own.
 fn remote_counts(
-    reply: &[Option<i64>],
+    reply: &[Option<i64>; READ_LEN],
     flushed: ClientRecord,
     now: u32,
     replica: u32,
-) -> Option<Remote> {
-    if reply.len() != READ_LEN {
-        return None;
-    }
+) -> Remote {
     let value = |i: usize| u32::try_from(reply[i].unwrap_or(0).max(0)).unwrap_or(u32::MAX);
     let less = |current: usize, previous: usize, mine: Count| Count {
         current: value(current).saturating_sub(mine.current),
@@ -644,11 +775,12 @@ fn remote_counts(
     counts.status_auth = less(s + 3, s + 7, flushed.status_auth);
     counts.auth_failures = less(s + 8, s + 9, flushed.auth_failures);
     let theirs = reply[READ_LEN - 1] != Some(i64::from(replica));
-    Some(Remote {
+    Remote {
         counts,
         flushed,
         verdict_until: if theirs { value(READ_LEN - 2) } else { 0 },
-    })
+        admitted: Admitted::default(),
+    }
 }
 
 /// A random replica id (never 0), from the standard library's per-process
@@ -663,17 +795,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn unix_seconds(t: SystemTime) -> u32 {
+fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn reply(current: i64, previous: i64) -> Vec<Option<i64>> {
-        let mut reply = vec![None; READ_LEN];
+    fn reply(current: i64, previous: i64) -> [Option<i64>; READ_LEN] {
+        let mut reply = [None; READ_LEN];
         for w in 0..WINDOW_COUNT {
             reply[w] = Some(current);
             reply[WINDOW_COUNT + w] = Some(previous);
@@ -706,7 +838,7 @@ mod tests {
         global[s + 2] = Some(2);
         global[READ_LEN - 2] = Some(i64::from(now) + 30);
         global[READ_LEN - 1] = Some(7);
-        let remote = remote_counts(&global, flushed, now, 9).unwrap();
+        let remote = remote_counts(&global, flushed, now, 9);
         assert!(remote.verdict(now + 29) && !remote.verdict(now + 30));
         // Our own record (by request time) holds the same 3 requests.
         let mut own = ClientRecord::default();
@@ -720,13 +852,65 @@ mod tests {
         assert_eq!(merged.answered(now), 5);
         assert_eq!(merged.status_404(now), 2);
         // Our own verdict, read back, is not another replica's.
-        assert!(
-            !remote_counts(&global, flushed, now, 7)
-                .unwrap()
-                .verdict(now)
+        assert!(!remote_counts(&global, flushed, now, 7).verdict(now));
+    }
+
+    #[test]
+    fn what_others_admitted_is_the_global_count_less_ours() {
+        let classes = [Class::PublicVisitor, Class::MaliciousBot];
+        let (p, m) = (Class::PublicVisitor.index(), Class::MaliciousBot.index());
+        let at = |ms: u64, requests: u32| Elsewhere {
+            requests,
+            over: Duration::from_millis(ms),
+        };
+        let mut mine = [0; CLASSES];
+        let mut admitted = Admitted::default();
+        // First read, 30.5 s into a minute: the others' two minutes count,
+        // over the two minutes (40 + 6, 2 of them ours).
+        mine[p] = 2;
+        let now = 1_000_050_500;
+        let first = admitted.update(&classes, &[Some(40), Some(6), None, None], &mine, now);
+        assert_eq!((first[p], first[m]), (at(90_500, 44), at(90_500, 0)));
+        // 2 more of ours, 46 in all, 100 ms later: the others admitted 4.
+        let next = admitted.update(
+            &classes,
+            &[Some(46), Some(6), Some(0), None],
+            &mine,
+            now + 100,
         );
-        // A malformed reply is ignored, not trusted.
-        assert!(remote_counts(&global[1..], flushed, now, 9).is_none());
+        assert_eq!((next[p], next[m]), (at(100, 4), at(100, 0)));
+        // The minute turns: 50 ended the last one, 3 begin this one.
+        let turned = admitted.update(
+            &classes,
+            &[Some(3), Some(50), Some(1), Some(0)],
+            &[0; CLASSES],
+            now + 30_000,
+        );
+        assert_eq!((turned[p], turned[m]), (at(29_900, 7), at(29_900, 1)));
+        // The key expired and began again: all of 5 is new, 2 are ours.
+        let again = admitted.update(
+            &classes,
+            &[Some(2), None, Some(1), None],
+            &mine,
+            now + 30_100,
+        );
+        assert_eq!((again[p], again[m]), (at(100, 0), at(100, 0)));
+        // Odd values count as nothing, never as a charge.
+        let odd = admitted.update(
+            &classes,
+            &[None, Some(-7), Some(-1), None],
+            &[0; CLASSES],
+            now + 30_200,
+        );
+        assert_eq!((odd[p], odd[m]), (at(100, 0), at(100, 0)));
+        // Minutes later, the two minutes count again, over two minutes.
+        let later = admitted.update(
+            &classes,
+            &[Some(9), Some(1), None, None],
+            &[0; CLASSES],
+            now + 330_000,
+        );
+        assert_eq!(later[p], at(60_500, 10));
     }
 
     #[test]
@@ -748,7 +932,7 @@ mod tests {
                 ..Delta::default()
             },
         );
-        let remote = remote_counts(&reply(10, 0), flushed, synced, 1).unwrap();
+        let remote = remote_counts(&reply(10, 0), flushed, synced, 1);
         let merged = remote.merged(&own, synced);
         assert_eq!(merged.rates(synced), own.rates(synced));
     }
@@ -766,6 +950,8 @@ mod tests {
             ("r300:999300", true),
             ("x:999840", true),
             ("x:999900", false),
+            ("q4:999840", true),
+            ("q4:999900", false),
             ("f:999300", true),
             ("v", false),
             ("vr", false),
@@ -776,7 +962,7 @@ mod tests {
             assert_eq!(is_stale(field.as_bytes(), now), stale, "{field}");
         }
         // Nothing the current read asks for is ever stale.
-        let fields = Fields::at(now);
+        let fields = Fields::at(now, &Class::ALL);
         assert!(fields.read.iter().all(|f| !is_stale(f.as_bytes(), now)));
     }
 
@@ -799,16 +985,21 @@ mod tests {
 
     #[test]
     fn fields_name_each_window_by_its_start() {
-        let fields = Fields::at(1_000_030);
-        assert_eq!(fields.read.len(), READ_LEN);
+        let fields = Fields::at(1_000_030, &[Class::PayingCustomer]);
+        assert_eq!(fields.read.len(), READ_LEN + 2);
+        assert_eq!(fields.read[READ_LEN..], ["q2:1000020", "q2:999960"]);
+        assert!(fields.stale.contains(&"q2:999900".to_owned()));
         assert_eq!(fields.read[2], "r60:1000020");
         assert_eq!(fields.read[6], "r60:1000020".replace("1000020", "999960"));
         assert_eq!(fields.read[2 * WINDOW_COUNT + 1], "x:1000020");
         assert!(fields.stale.contains(&"r60:999900".to_owned()));
         assert!(fields.stale.iter().all(|f| !fields.read.contains(f)));
+        let mut admitted = [0; CLASSES];
+        admitted[Class::ServiceClient.index()] = 3;
         let d = Delta {
             requests: 2,
             status_404: 1,
+            admitted,
             ..Delta::default()
         };
         let incr: Vec<(&str, u32)> = fields.increments(&d).collect();
@@ -819,7 +1010,8 @@ mod tests {
                 ("r10:1000030", 2),
                 ("r60:1000020", 2),
                 ("r300:999900", 2),
-                ("n:1000020", 1)
+                ("n:1000020", 1),
+                ("q3:1000020", 3),
             ]
         );
     }
@@ -854,6 +1046,12 @@ mod tests {
             shared.note_request(ClientKey::of(std::net::Ipv4Addr::from(i).into()), false);
         }
         assert_eq!(shared.take_notes().len(), MAX_PENDING);
+    }
+
+    #[test]
+    fn what_a_client_costs_in_memory_with_redis() {
+        // The deploy guide quotes it, with the map's key and links.
+        assert_eq!(std::mem::size_of::<Remote>(), 272);
     }
 
     #[test]
