@@ -102,7 +102,7 @@ impl Classifier {
             Some(p) => p.signals.clone(),
             None => {
                 let stage = SignalsStage::new(Arc::new(ClientStore::new(config.state.capacity)));
-                match config.state.shared() {
+                match config.state.shared(&config.origin.dir)? {
                     Some(shared) => {
                         stage.with_shared(Arc::new(Shared::new(shared, config.state.capacity)))
                     }

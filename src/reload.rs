@@ -388,6 +388,8 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
         ),
         ("state.backend", running.state.backend == new.state.backend),
         ("state.url", running.state.url == new.state.url),
+        ("state.cluster", running.state.cluster == new.state.cluster),
+        ("state.tls_ca", running.state.tls_ca == new.state.tls_ca),
         (
             "state.key_prefix",
             running.state.key_prefix == new.state.key_prefix,

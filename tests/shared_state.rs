@@ -18,20 +18,30 @@ struct Redis {
     _dir: tempfile::TempDir,
 }
 
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
 impl Redis {
     fn start() -> Redis {
-        let port = StdListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::spawn(port, &[])
+    }
+
+    /// A server on `port`, with more options.
+    fn spawn(port: u16, options: &[&str]) -> Redis {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(options)
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -114,13 +124,18 @@ class = "malicious_bot"
 
 /// A replica: trusts 127.0.0.1's X-Forwarded-For, syncs every 50 ms.
 fn replica(upstream: &str, redis_url: &str, rules: &std::path::Path) -> Usher {
+    replica_of(upstream, &format!("url = \"{redis_url}\""), rules)
+}
+
+/// A replica of the Redis that `servers` (config lines) names.
+fn replica_of(upstream: &str, servers: &str, rules: &std::path::Path) -> Usher {
     Usher::start(&format!(
         r#"upstream = "{upstream}"
 trusted_proxies = ["127.0.0.1"]
 rules = ["{}"]
 [state]
 backend = "redis"
-url = "{redis_url}"
+{servers}
 key_prefix = "test:"
 sync_interval = "50ms"
 verdict_ttl = "60s"
@@ -184,22 +199,25 @@ async fn a_pace_only_the_sum_exceeds_is_seen_by_both_replicas() {
     let (_rules_dir, rules) = rules_file();
     let a = replica(&up.url(), &redis.url(), &rules);
     let b = replica(&up.url(), &redis.url(), &rules);
+    only_the_sum_is_busy(&a, &b, "198.51.100.7").await;
+}
 
-    // 15 requests to each, alternating: 30 in all, over the rule's 20,
-    // while neither replica alone sees more than 15.
+/// 15 requests to each replica, alternating: 30 in all, over the rule's
+/// 20, while neither replica alone sees more than 15. Early on the client
+/// is a public visitor; by the end, both replicas see the sum.
+async fn only_the_sum_is_busy(a: &Usher, b: &Usher, client: &str) {
     let mut classes = Vec::new();
     for i in 0..30 {
-        let usher = if i % 2 == 0 { &a } else { &b };
-        let (status, class) = request(usher, "198.51.100.7", "/products/1").await;
+        let usher = if i % 2 == 0 { a } else { b };
+        let (status, class) = request(usher, client, "/products/1").await;
         assert_eq!(status, 200);
         classes.push(class.unwrap_or_default());
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
-    // Early on, a public visitor; by the end, both replicas see the sum.
     assert_eq!(classes[0], "public_visitor");
     assert_eq!(classes[28], "malicious_bot", "replica a: {classes:?}");
     assert_eq!(classes[29], "malicious_bot", "replica b: {classes:?}");
-    for usher in [&a, &b] {
+    for usher in [a, b] {
         let metrics = usher.metrics().await;
         assert_eq!(sample(&metrics, "usher_state_backend_up"), Some(1.0));
         assert_eq!(sample(&metrics, "usher_state_sync_errors_total"), Some(0.0));
@@ -294,10 +312,7 @@ async fn a_verdict_of_one_replica_is_known_to_the_other() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_at_start_or_lost_mid_run_costs_no_request() {
     // No Redis yet: usher starts and serves on local state.
-    let port = StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
+    let port = free_port();
     let up = upstream(echo).await;
     let (_rules_dir, rules) = rules_file();
     let a = replica(&up.url(), &format!("redis://127.0.0.1:{port}/"), &rules);
@@ -488,4 +503,177 @@ async fn redis_lost_while_idle_shows_in_the_metrics() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(redis);
     wait_for_metric(&a, "usher_state_backend_up", |v| v == 0.0).await;
+}
+
+/// A Redis Cluster of three primaries, each holding a third of the slots,
+/// made by hand (no `redis-cli`): slots assigned, nodes introduced, and
+/// ready once every node says `cluster_state:ok`.
+struct Cluster {
+    nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let mut nodes = Vec::new();
+        let buses = [free_port(), free_port(), free_port()];
+        for bus in buses {
+            nodes.push(Redis::spawn(
+                free_port(),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus.to_string(),
+                ],
+            ));
+        }
+        let third = 16384 / 3;
+        for (i, node) in nodes.iter().enumerate() {
+            let mut c = node.connection().await;
+            let (first, last) = (i * third, if i == 2 { 16383 } else { (i + 1) * third - 1 });
+            let () = redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(first)
+                .arg(last)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+        let mut first = nodes[0].connection().await;
+        for (node, bus) in nodes.iter().zip(buses).skip(1) {
+            let () = redis::cmd("CLUSTER")
+                .arg("MEET")
+                .arg("127.0.0.1")
+                .arg(node.port)
+                .arg(bus)
+                .query_async(&mut first)
+                .await
+                .unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            let mut c = node.connection().await;
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+                if info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster did not form: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Cluster { nodes }
+    }
+
+    /// A connection of the test's own to the whole cluster.
+    async fn connection(&self) -> redis::cluster_async::ClusterConnection {
+        redis::cluster::ClusterClient::new(vec![self.nodes[0].url()])
+            .unwrap()
+            .get_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_through_a_redis_cluster() {
+    let cluster = Cluster::start().await;
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    // Each replica is told of one node and finds the others.
+    let servers = |node: &Redis| format!("cluster = [\"{}\"]", node.url());
+    let a = replica_of(&up.url(), &servers(&cluster.nodes[0]), &rules);
+    let b = replica_of(&up.url(), &servers(&cluster.nodes[2]), &rules);
+
+    only_the_sum_is_busy(&a, &b, "198.51.100.7").await;
+
+    // Clients whose keys fall in slots of every node: each one's requests
+    // at both replicas add up in its own hash, wherever that lives.
+    let clients: Vec<String> = (30..46).map(|i| format!("198.51.100.{i}")).collect();
+    for client in &clients {
+        for usher in [&a, &b, &a] {
+            let (status, _) = request(usher, client, "/").await;
+            assert_eq!(status, 200);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = cluster.connection().await;
+    for client in &clients {
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(client_key(client))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let requests: i64 = fields
+            .iter()
+            .filter(|(f, _)| f.starts_with("r300:"))
+            .filter_map(|(_, n)| n.parse::<i64>().ok())
+            .sum();
+        assert_eq!(requests, 3, "{client}: {fields:?}");
+    }
+    for node in &cluster.nodes {
+        let keys: i64 = redis::cmd("DBSIZE")
+            .query_async(&mut node.connection().await)
+            .await
+            .unwrap();
+        assert!(keys > 0, "every node holds some clients");
+    }
+}
+
+/// The test CA and server certificate for Redis over TLS.
+fn tls_fixture(file: &str) -> String {
+    format!(
+        "{}/tests/fixtures/redis-tls/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_over_tls_with_their_own_ca() {
+    let port = free_port();
+    let (cert, key, ca) = (
+        tls_fixture("server.pem"),
+        tls_fixture("server.key"),
+        tls_fixture("ca.pem"),
+    );
+    let _redis = Redis::spawn(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let up = upstream(echo).await;
+    let (_rules_dir, rules) = rules_file();
+    let url = format!("rediss://127.0.0.1:{port}/");
+    let trusting = format!("url = \"{url}\"\ntls_ca = \"{ca}\"");
+    let a = replica_of(&up.url(), &trusting, &rules);
+    let b = replica_of(&up.url(), &trusting, &rules);
+    only_the_sum_is_busy(&a, &b, "198.51.100.7").await;
+
+    // Without the CA, the server's certificate is not trusted: no sync,
+    // and every request is still served.
+    let doubting = replica_of(&up.url(), &format!("url = \"{url}\""), &rules);
+    let (status, _) = request(&doubting, "198.51.100.8", "/").await;
+    assert_eq!(status, 200);
+    wait_for_metric(&doubting, "usher_state_backend_up", |v| v == 0.0).await;
+    let (status, _) = request(&doubting, "198.51.100.8", "/").await;
+    assert_eq!(status, 200);
 }

@@ -239,6 +239,12 @@ pub struct StateConfig {
     /// The Redis server for `backend = "redis"` (`redis://` or `rediss://`).
     #[serde(deserialize_with = "redis_url")]
     pub url: Option<String>,
+    /// Or a Redis Cluster, by some of its nodes.
+    #[serde(deserialize_with = "redis_cluster")]
+    pub cluster: Option<Vec<String>>,
+    /// A CA (PEM) to trust for `rediss://` instead of the system's roots,
+    /// relative to the config file's folder.
+    pub tls_ca: Option<PathBuf>,
     /// Put before every key usher writes to Redis.
     #[serde(deserialize_with = "key_prefix")]
     pub key_prefix: String,
@@ -268,6 +274,8 @@ impl Default for StateConfig {
             capacity: 1_000_000,
             backend: Backend::Memory,
             url: None,
+            cluster: None,
+            tls_ca: None,
             key_prefix: "usher:".to_owned(),
             sync_interval: Duration::from_millis(100),
             verdict_ttl: Duration::from_secs(300),
@@ -276,32 +284,98 @@ impl Default for StateConfig {
 }
 
 impl StateConfig {
-    /// How to share state, when the backend is Redis.
-    pub fn shared(&self) -> Option<crate::state::shared::SharedConfig> {
-        match (self.backend, &self.url) {
-            (Backend::Redis, Some(url)) => Some(crate::state::shared::SharedConfig {
-                url: url.clone(),
-                key_prefix: self.key_prefix.clone(),
-                sync_interval: self.sync_interval,
-                verdict_ttl: self.verdict_ttl,
-            }),
-            _ => None,
+    /// How to share state, when the backend is Redis: reads the CA file
+    /// (relative to `base`, the config file's folder) and checks that a
+    /// Redis client can be made of it all, without connecting.
+    pub fn shared(
+        &self,
+        base: &std::path::Path,
+    ) -> Result<Option<crate::state::shared::SharedConfig>, ConfigError> {
+        use crate::state::redis_link::{Link, Servers};
+        if self.backend != Backend::Redis {
+            return Ok(None);
         }
+        let servers = match (&self.url, &self.cluster) {
+            (Some(url), _) => Servers::One(url.clone()),
+            (None, Some(nodes)) => Servers::Cluster(nodes.clone()),
+            (None, None) => return Ok(None),
+        };
+        let tls_ca = match &self.tls_ca {
+            Some(path) => {
+                let path = base.join(path);
+                let pem = std::fs::read(&path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let not_pem = |why: &str| ConfigError::Inconsistent {
+                    file: path.display().to_string(),
+                    message: format!("state.tls_ca: not a CA certificate in PEM: {why}"),
+                };
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(not_pem("no BEGIN CERTIFICATE line"));
+                }
+                Link::new(&servers, Some(&pem), Duration::from_secs(1))
+                    .map_err(|e| not_pem(e.category()))?;
+                Some(pem)
+            }
+            None => None,
+        };
+        Ok(Some(crate::state::shared::SharedConfig {
+            servers,
+            tls_ca,
+            key_prefix: self.key_prefix.clone(),
+            sync_interval: self.sync_interval,
+            verdict_ttl: self.verdict_ttl,
+        }))
+    }
+
+    /// Whether the Redis URLs use TLS (`rediss://`).
+    fn uses_tls(&self) -> bool {
+        let tls = |url: &String| url.starts_with("rediss://");
+        self.url
+            .iter()
+            .chain(self.cluster.iter().flatten())
+            .any(tls)
     }
 }
 
 fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let url = String::deserialize(d)?;
+    check_redis_url(&url).map_err(serde::de::Error::custom)?;
+    Ok(Some(url))
+}
+
+/// Parsed only; nothing connects until `serve` starts. The error does not
+/// echo the URL, which may hold a password.
+fn check_redis_url(url: &str) -> Result<(), String> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("url must start with redis:// or rediss://".to_owned());
+    }
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| format!("not a Redis URL: {}", e.category()))
+}
+
+/// The most nodes `state.cluster` may name.
+const MAX_CLUSTER_NODES: usize = 64;
+
+fn redis_cluster<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    let nodes = Vec::<String>::deserialize(d)?;
+    if nodes.is_empty() || nodes.len() > MAX_CLUSTER_NODES {
+        return Err(serde::de::Error::custom(format!(
+            "cluster must name 1 to {MAX_CLUSTER_NODES} nodes"
+        )));
+    }
+    for (i, url) in nodes.iter().enumerate() {
+        check_redis_url(url).map_err(|e| serde::de::Error::custom(format!("cluster[{i}]: {e}")))?;
+    }
+    let tls = nodes[0].starts_with("rediss://");
+    if nodes.iter().any(|url| url.starts_with("rediss://") != tls) {
         return Err(serde::de::Error::custom(
-            "url must start with redis:// or rediss://",
+            "cluster nodes must all use redis:// or all rediss://",
         ));
     }
-    // Parsed only; nothing connects until `serve` starts. The error does
-    // not echo the URL, which may hold a password.
-    redis::Client::open(url.as_str())
-        .map_err(|e| serde::de::Error::custom(format!("not a Redis URL: {}", e.category())))?;
-    Ok(Some(url))
+    Ok(Some(nodes))
 }
 
 fn key_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -428,11 +502,28 @@ impl Config {
                 self.listen
             )));
         }
-        if self.state.backend == Backend::Redis && self.state.url.is_none() {
-            return Err(inconsistent(
-                "state: backend = \"redis\" needs `url` (redis://host:6379 or rediss://…)"
-                    .to_owned(),
-            ));
+        let state = &self.state;
+        if state.backend == Backend::Redis {
+            match (&state.url, &state.cluster) {
+                (None, None) => {
+                    return Err(inconsistent(
+                        "state: backend = \"redis\" needs `url` (redis://host:6379 or rediss://…) or `cluster` (a list of such URLs)"
+                            .to_owned(),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(inconsistent(
+                        "state: set `url` for one Redis server or `cluster` for a Redis Cluster, not both"
+                            .to_owned(),
+                    ));
+                }
+                _ => {}
+            }
+            if state.tls_ca.is_some() && !state.uses_tls() {
+                return Err(inconsistent(
+                    "state: `tls_ca` is for rediss:// URLs; these use redis://".to_owned(),
+                ));
+            }
         }
         let l = &self.labels;
         let names = [&l.class, &l.score, &l.reasons, &l.subject];
@@ -770,6 +861,18 @@ shutdown = "1h"
             ("[state]\nbackend = \"etcd\"", "state.backend", 2),
             ("[state]\nurl = \"http://redis:6379\"", "state.url", 2),
             ("[state]\nurl = \"redis://h:notaport\"", "state.url", 2),
+            ("[state]\ncluster = []", "state.cluster", 2),
+            (
+                "[state]\ncluster = [\"redis://a:1\", \"http://b:2\"]",
+                "cluster[1]",
+                2,
+            ),
+            (
+                "[state]\ncluster = [\"redis://a:1\", \"rediss://b:2\"]",
+                "all rediss",
+                2,
+            ),
+            ("[state]\ncluster = \"redis://a:1\"", "state.cluster", 2),
             ("[state]\nkey_prefix = \"a b\"", "state.key_prefix", 2),
             ("[state]\nkey_prefix = \"{x}\"", "state.key_prefix", 2),
             ("[state]\nsync_interval = \"5s\"", "state.sync_interval", 2),
@@ -792,10 +895,53 @@ shutdown = "1h"
             "usher.toml",
         )
         .unwrap();
-        let shared = c.state.shared().unwrap();
+        let shared = c.state.shared(Path::new(".")).unwrap().unwrap();
         assert_eq!(shared.sync_interval, Duration::from_millis(100));
         assert_eq!(shared.key_prefix, "usher:");
-        assert!(Config::default().state.shared().is_none());
+        assert!(
+            Config::default()
+                .state
+                .shared(Path::new("."))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn redis_is_one_server_or_a_cluster_with_tls_checked_at_load() {
+        use crate::state::redis_link::Servers;
+        let both =
+            "[state]\nbackend = \"redis\"\nurl = \"redis://a:1\"\ncluster = [\"redis://b:1\"]\n";
+        assert!(err(both).contains("not both"), "{}", err(both));
+        let plain_ca = "[state]\nbackend = \"redis\"\nurl = \"redis://a:1\"\ntls_ca = \"ca.pem\"\n";
+        assert!(err(plain_ca).contains("tls_ca"), "{}", err(plain_ca));
+
+        let c = Config::parse(
+            "[state]\nbackend = \"redis\"\ncluster = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]\n",
+            "usher.toml",
+        )
+        .unwrap();
+        let shared = c.state.shared(Path::new(".")).unwrap().unwrap();
+        assert_eq!(
+            shared.servers,
+            Servers::Cluster(vec![
+                "redis://10.0.0.1:6379".into(),
+                "redis://10.0.0.2:6379".into()
+            ])
+        );
+
+        // The CA is read from beside the config file, and must be PEM.
+        let dir = tempfile::tempdir().unwrap();
+        let tls = "[state]\nbackend = \"redis\"\nurl = \"rediss://h:6380\"\ntls_ca = \"ca.pem\"\n";
+        let c = Config::parse(tls, "usher.toml").unwrap();
+        let missing = c.state.shared(dir.path()).unwrap_err().to_string();
+        assert!(missing.contains("ca.pem"), "{missing}");
+        std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+        let bad = c.state.shared(dir.path()).unwrap_err().to_string();
+        assert!(
+            bad.contains("ca.pem") && bad.contains("state.tls_ca"),
+            "{bad}"
+        );
     }
 
     #[test]

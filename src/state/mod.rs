@@ -10,6 +10,7 @@
 //! [`bounded`]); `benches/memory.sh` measures RSS per client.
 
 pub mod bounded;
+pub mod redis_link;
 pub mod shared;
 
 use std::net::IpAddr;

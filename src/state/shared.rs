@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
+use super::redis_link::{Link, Servers};
 use super::{
     AUTH_FAILURE_WINDOW, BoundedMap, ClientKey, ClientRecord, Count, RATE_WINDOWS, STATUS_WINDOW,
 };
@@ -195,8 +196,10 @@ pub struct SyncMetrics {
 /// How to reach Redis and how to name keys there.
 #[derive(Clone, Debug)]
 pub struct SharedConfig {
-    /// The server (`redis://` or `rediss://`).
-    pub url: String,
+    /// The server or cluster.
+    pub servers: Servers,
+    /// The CA to trust for `rediss://` (PEM), instead of the system's.
+    pub tls_ca: Option<Vec<u8>>,
     /// Put before every key usher writes.
     pub key_prefix: String,
     /// How often notes are flushed and counts read back.
@@ -359,19 +362,16 @@ impl Shared {
     /// admitted is charged to the quotas `limits` gives at each sync (the
     /// live configuration's).
     pub async fn run(self: std::sync::Arc<Self>, limits: impl Fn() -> Limits) {
-        let client = match redis::Client::open(self.config.url.as_str()) {
-            Ok(client) => client,
+        let timeout = self.config.sync_interval.max(Duration::from_millis(100)) * 5;
+        let mut link = match Link::new(&self.config.servers, self.config.tls_ca.as_deref(), timeout)
+        {
+            Ok(link) => link,
             Err(e) => {
-                // The URL was checked at load; this is not expected.
-                tracing::error!(error = %e, "state backend: bad Redis URL; sharing off");
+                // The URLs and CA were checked at load; this is not expected.
+                tracing::error!(error = %e, "state backend: cannot use the Redis settings; sharing off");
                 return;
             }
         };
-        let timeout = self.config.sync_interval.max(Duration::from_millis(100)) * 5;
-        let options = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout));
-        let mut connection: Option<redis::aio::MultiplexedConnection> = None;
         let mut idle_ticks = 0u32;
         let mut tick = tokio::time::interval(self.config.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -383,28 +383,19 @@ impl Shared {
             let batch = self.take_notes();
             if last {
                 // One try, then stop whatever came of it.
-                if let Some(c) = connection.as_mut() {
-                    let _ = self.sync(c, &batch, &limits()).await;
-                } else if let Ok(mut c) = client
-                    .get_multiplexed_async_connection_with_config(&options)
-                    .await
-                {
-                    let _ = self.sync(&mut c, &batch, &limits()).await;
-                }
+                let _ = self.sync(&mut link, &batch, &limits()).await;
                 if let Some(done) = lock(&self.finished).take() {
                     let _ = done.send(());
                 }
                 return;
             }
-            if batch.is_empty()
-                && let Some(c) = connection.as_mut()
-            {
+            if batch.is_empty() && link.is_connected() {
                 // Idle: a PING now and then keeps `backend_up` honest.
                 idle_ticks += 1;
                 if idle_ticks >= IDLE_PING_TICKS {
                     idle_ticks = 0;
-                    if let Err(e) = redis::cmd("PING").query_async::<()>(c).await {
-                        connection = None;
+                    if let Err(e) = link.ping().await {
+                        link.disconnect();
                         self.failed(&e);
                     }
                 }
@@ -412,27 +403,16 @@ impl Shared {
             }
             idle_ticks = 0;
             let started = std::time::Instant::now();
-            if connection.is_none() {
-                match client
-                    .get_multiplexed_async_connection_with_config(&options)
-                    .await
-                {
-                    Ok(c) => connection = Some(c),
-                    Err(e) => {
-                        // Nothing was sent: the notes wait for the next try,
-                        // as bounded as ever.
-                        self.failed(&e);
-                        for (key, delta) in batch {
-                            self.note(key, delta);
-                        }
-                        continue;
-                    }
+            if let Err(e) = link.connect().await {
+                // Nothing was sent: the notes wait for the next try, as
+                // bounded as ever.
+                self.failed(&e);
+                for (key, delta) in batch {
+                    self.note(key, delta);
                 }
-            }
-            let Some(c) = connection.as_mut() else {
                 continue;
-            };
-            let result = self.sync(c, &batch, &limits()).await;
+            }
+            let result = self.sync(&mut link, &batch, &limits()).await;
             if let Some(m) = self.metrics() {
                 m.duration.observe(started.elapsed().as_secs_f64());
             }
@@ -441,7 +421,7 @@ impl Shared {
                 Err(e) => {
                     // Sent, perhaps applied: sending the notes again could
                     // count them twice, so they are given up (and counted).
-                    connection = None;
+                    link.disconnect();
                     self.failed(&e);
                     if let Some(m) = self.metrics() {
                         m.dropped.inc_by(batch.len() as u64);
@@ -479,7 +459,7 @@ impl Shared {
     /// with what was admitted of the quotas `limits` has.
     async fn sync(
         &self,
-        connection: &mut redis::aio::MultiplexedConnection,
+        link: &mut Link,
         batch: &[(ClientKey, Delta)],
         limits: &Limits,
     ) -> redis::RedisResult<()> {
@@ -493,44 +473,41 @@ impl Shared {
         let verdict_until = now.saturating_add(
             u32::try_from(self.config.verdict_ttl.as_secs().max(1)).unwrap_or(u32::MAX),
         );
-        let mut pipe = redis::pipe();
-        // One odd key (a value that is not a number, a key of another
-        // type) spoils its own reply, not the whole sync.
-        pipe.ignore_errors();
+        let names: Vec<String> = batch.iter().map(|(key, _)| self.client_key(*key)).collect();
         // Once a minute per client, its field names are read too, so that
         // fields left by pauses (which the per-sync HDEL misses) go.
-        // Per client: its key name when its field names are read.
-        let mut swept: Vec<Option<String>> = Vec::with_capacity(batch.len());
-        for (key, delta) in batch {
-            let name = self.client_key(*key);
-            let due = self
-                .remote(*key)
-                .is_none_or(|r| r.flushed.clock / SWEEP_EVERY != now / SWEEP_EVERY);
-
-            for (field, by) in fields.increments(delta) {
-                pipe.hincr(&name, field, by).ignore();
-            }
-            if delta.verdict {
-                pipe.hset_multiple(&name, &[("v", verdict_until), ("vr", self.replica)])
-                    .ignore();
-            }
-            pipe.expire(&name, KEY_TTL).ignore();
-            pipe.hdel(&name, &fields.stale).ignore();
-            pipe.cmd("HMGET").arg(&name).arg(&fields.read);
-            if due {
-                pipe.cmd("HKEYS").arg(&name);
-            }
-            swept.push(due.then_some(name));
-        }
-        let mut replies = pipe
-            .query_async::<Vec<redis::Value>>(connection)
-            .await?
-            .into_iter();
-        let mut sweep = redis::pipe();
-        sweep.ignore_errors();
-        for ((key, delta), swept) in batch.iter().zip(swept) {
+        let due: Vec<bool> = batch
+            .iter()
+            .map(|(key, _)| {
+                self.remote(*key)
+                    .is_none_or(|r| r.flushed.clock / SWEEP_EVERY != now / SWEEP_EVERY)
+            })
+            .collect();
+        let replies = link
+            .exchange(&names, |pipe, i| {
+                let (name, delta) = (&names[i], &batch[i].1);
+                for (field, by) in fields.increments(delta) {
+                    pipe.hincr(name, field, by).ignore();
+                }
+                if delta.verdict {
+                    pipe.hset_multiple(name, &[("v", verdict_until), ("vr", self.replica)])
+                        .ignore();
+                }
+                pipe.expire(name, KEY_TTL).ignore();
+                pipe.hdel(name, &fields.stale).ignore();
+                pipe.cmd("HMGET").arg(name).arg(&fields.read);
+                if due[i] {
+                    pipe.cmd("HKEYS").arg(name);
+                }
+                1 + usize::from(due[i])
+            })
+            .await?;
+        let mut replies = replies.into_iter();
+        // Per client swept: where in the batch, and its stale field names.
+        let mut sweep: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
+        for (i, (key, delta)) in batch.iter().enumerate() {
             let reply = replies.next();
-            if let Some(name) = swept
+            if due[i]
                 && let Some(redis::Value::Array(names)) = replies.next()
             {
                 let stale: Vec<Vec<u8>> = names
@@ -541,7 +518,7 @@ impl Shared {
                     })
                     .collect();
                 if !stale.is_empty() {
-                    sweep.hdel(name, stale).ignore();
+                    sweep.push((i, stale));
                 }
             }
             let Some(reply) = reply.and_then(numbers) else {
@@ -569,7 +546,12 @@ impl Shared {
             self.remote.with(*key, Remote::default, |r| *r = remote);
         }
         if !sweep.is_empty() {
-            sweep.query_async::<Vec<redis::Value>>(connection).await?;
+            let swept: Vec<String> = sweep.iter().map(|(i, _)| names[*i].clone()).collect();
+            link.exchange(&swept, |pipe, j| {
+                pipe.hdel(&swept[j], &sweep[j].1).ignore();
+                0
+            })
+            .await?;
         }
         Ok(())
     }
@@ -1024,7 +1006,8 @@ mod tests {
     fn notes_merge_per_client_and_stay_bounded() {
         let shared = Shared::new(
             SharedConfig {
-                url: "redis://127.0.0.1:1".into(),
+                servers: Servers::One("redis://127.0.0.1:1".into()),
+                tls_ca: None,
                 key_prefix: "t:".into(),
                 sync_interval: Duration::from_millis(100),
                 verdict_ttl: Duration::from_secs(60),
@@ -1058,7 +1041,8 @@ mod tests {
     fn a_client_has_one_key_in_one_cluster_slot() {
         let shared = Shared::new(
             SharedConfig {
-                url: "redis://127.0.0.1:1".into(),
+                servers: Servers::One("redis://127.0.0.1:1".into()),
+                tls_ca: None,
                 key_prefix: "usher:".into(),
                 sync_interval: Duration::from_millis(100),
                 verdict_ttl: Duration::from_secs(60),
