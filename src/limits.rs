@@ -99,8 +99,8 @@ struct ClassQuota {
     limiter: Limiter,
     /// The limiter's states, for charges from other replicas.
     states: Arc<States>,
-    /// When the quota began (as near as the limiter's own start as can
-    /// be had): states count from here.
+    /// When the quota began (as near the limiter's own start as can be
+    /// had): charges count from here.
     start: <DefaultClock as Clock>::Instant,
 }
 
@@ -148,9 +148,12 @@ impl Limits {
                 Some(quota) => Arc::clone(quota),
                 None => {
                     let states = Arc::new(States::new(capacity));
-                    let start = clock.now();
                     let limiter =
                         RateLimiter::new(rate.quota(), Store(Arc::clone(&states)), clock.clone());
+                    // Just after the limiter's own start: charges count
+                    // from a hair later, never earlier, so they can only
+                    // be a few nanoseconds lenient.
+                    let start = clock.now();
                     Arc::new(ClassQuota {
                         rate,
                         capacity,
