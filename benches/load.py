@@ -23,13 +23,19 @@ nginx worker_processes 1, HAProxy nbthread 1) and once with two.
 agents. usher verifies the credentials; nginx and HAProxy have no
 equivalent and only run their regexes (so they do less work).
 
+--rate N offers about N requests/s in all instead of as many as the
+targets take: each connection waits a random (exponential) pause between
+requests. At saturation p99 mostly measures queueing behind a full CPU;
+below it, it measures what a proxy adds to a request, which is what the
+latency targets are about.
+
 Prints, per worker count: requests/s (median of the rounds), p50 and p99
 latency and what each adds over direct, the ratios usher/nginx and
 usher/HAProxy, and usher's peak RSS. Absolute figures depend on the
 machine (and wrk shares it); compare the ratios.
 
   python3 benches/load.py [--rounds 3] [--duration 10] [--connections 64]
-                          [--workers 1,2] [--mixed]
+                          [--workers 1,2] [--mixed] [--redis] [--rate N]
 
 Needs wrk, nginx and haproxy (apt-get install wrk nginx-light haproxy) and
 builds usher with `cargo build --release --locked`.
@@ -115,9 +121,10 @@ def wait_http(url, proc, timeout=20):
     raise SystemExit(f"load.py: {url} did not answer")
 
 
-def lua_script(work, mixed):
+def lua_script(work, mixed, pause_ms=None):
     """wrk script: an address from the pool at random (so no address keeps a
-    clockwork pace), and for --mixed a request kind at random."""
+    clockwork pace), for --mixed a request kind at random, and for --rate a
+    random pause of `pause_ms` on average between a connection's requests."""
     tokens = [jwt(f"user{i}", "pro" if i % 2 else "free") for i in range(20)]
     keys = [f"bench-key-{i:02d}-0123456789abcdef" for i in range(5)]
     lines = [
@@ -127,6 +134,7 @@ def lua_script(work, mixed):
         "local tokens = {" + ",".join(json.dumps(t) for t in tokens) + "}",
         "local keys = {" + ",".join(json.dumps(k) for k in keys) + "}",
         f"local mixed = {'true' if mixed else 'false'}",
+        f"local pause_ms = {pause_ms if pause_ms else 'nil'}",
         """
 local counter = 0
 function setup(thread)
@@ -135,6 +143,11 @@ function setup(thread)
 end
 function init(args)
     math.randomseed(os.time() + seed * 7919)
+end
+if pause_ms then
+    function delay()
+        return -math.log(1 - math.random()) * pause_ms
+    end
 end
 function request()
     local k = math.random(0, addresses - 1)
@@ -363,7 +376,8 @@ def run(args):
             raise SystemExit(f"load.py: {tool} not found (apt-get install wrk nginx-light haproxy)")
     subprocess.run(["cargo", "build", "--release", "--locked", "--quiet"], cwd=REPO, check=True)
     work = tempfile.mkdtemp(prefix="usher-load-")
-    script, keys = lua_script(work, args.mixed)
+    pause_ms = 1000.0 * args.connections / args.rate if args.rate else None
+    script, keys = lua_script(work, args.mixed, pause_ms)
     upstream = start_upstream(work)
     redis = start_redis(work) if args.redis else None
     report = {}
@@ -406,8 +420,9 @@ def run(args):
 
 def summarise(report, args):
     kind = "mixed (browsers, JWT, API keys, bots)" if args.mixed else "browsers"
+    offered = f", about {args.rate:,} req/s offered" if args.rate else ""
     print(f"\nusher load benchmark: {kind}; wrk -t{args.threads} -c{args.connections} "
-          f"-d{args.duration}s, {args.rounds} interleaved rounds, medians\n")
+          f"-d{args.duration}s{offered}, {args.rounds} interleaved rounds, medians\n")
     for workers, (results, rss) in report.items():
         med = {name: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99")}
                for name, runs in results.items()}
@@ -444,6 +459,8 @@ def main():
     parser.add_argument("--mixed", action="store_true")
     parser.add_argument("--redis", action="store_true",
                         help="also usher with the Redis state backend (needs redis-server)")
+    parser.add_argument("--rate", type=int,
+                        help="offer about this many requests/s in all, instead of all they take")
     args = parser.parse_args()
     summarise(run(args), args)
 

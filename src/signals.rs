@@ -86,10 +86,10 @@ impl SignalsStage {
     /// A client's record with what other replicas added (as of the last
     /// sync), and whether one of them judged it `malicious_bot`.
     fn with_remote(&self, key: ClientKey, own: ClientRecord, now: u32) -> (ClientRecord, bool) {
-        match self.shared.as_ref().and_then(|s| s.remote(key)) {
-            Some(remote) => (remote.merged(&own, now), remote.verdict(now)),
-            None => (own, false),
-        }
+        self.shared
+            .as_ref()
+            .and_then(|s| s.with_remote(key, |r| (r.merged(&own, now), r.verdict(now))))
+            .unwrap_or((own, false))
     }
 
     /// Tell the other replicas that this one judged a client (its address,

@@ -200,6 +200,13 @@ async fn a_pace_only_the_sum_exceeds_is_seen_by_both_replicas() {
     let a = replica(&up.url(), &redis.url(), &rules);
     let b = replica(&up.url(), &redis.url(), &rules);
     only_the_sum_is_busy(&a, &b, "198.51.100.7").await;
+    // The client's key expires 10 to 11 minutes after its last write.
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(client_key("198.51.100.7"))
+        .query_async(&mut redis.connection().await)
+        .await
+        .unwrap();
+    assert!((600..=661).contains(&ttl), "TTL {ttl}");
 }
 
 /// 15 requests to each replica, alternating: 30 in all, over the rule's

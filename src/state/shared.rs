@@ -352,9 +352,10 @@ impl Shared {
         wait.recv_timeout(timeout).is_ok()
     }
 
-    /// What the other replicas added to a client, as of the last sync.
-    pub fn remote(&self, key: ClientKey) -> Option<Remote> {
-        self.remote.peek(&key, |r| *r)
+    /// Read what the other replicas added to a client, as of the last
+    /// sync, if anything.
+    pub fn with_remote<R>(&self, key: ClientKey, read: impl FnOnce(&Remote) -> R) -> Option<R> {
+        self.remote.peek(&key, read)
     }
 
     /// Flush notes and read counts back every `sync_interval`, until the
@@ -474,14 +475,9 @@ impl Shared {
             u32::try_from(self.config.verdict_ttl.as_secs().max(1)).unwrap_or(u32::MAX),
         );
         let names: Vec<String> = batch.iter().map(|(key, _)| self.client_key(*key)).collect();
-        // Once a minute per client, its field names are read too, so that
-        // fields left by pauses (which the per-sync HDEL misses) go.
-        let due: Vec<bool> = batch
+        let plans: Vec<Plan> = batch
             .iter()
-            .map(|(key, _)| {
-                self.remote(*key)
-                    .is_none_or(|r| r.flushed.clock / SWEEP_EVERY != now / SWEEP_EVERY)
-            })
+            .map(|(key, _)| Plan::new(self.remote.peek(key, |r| r.flushed.clock), now))
             .collect();
         let replies = link
             .exchange(&names, |pipe, i| {
@@ -493,13 +489,22 @@ impl Shared {
                     pipe.hset_multiple(name, &[("v", verdict_until), ("vr", self.replica)])
                         .ignore();
                 }
-                pipe.expire(name, KEY_TTL).ignore();
-                pipe.hdel(name, &fields.stale).ignore();
+                let plan = plans[i];
+                if plan.sweep {
+                    pipe.expire(name, KEY_TTL).ignore();
+                }
+                let mut stale = fields.stale_since(plan.last).peekable();
+                if stale.peek().is_some() {
+                    pipe.cmd("HDEL")
+                        .arg(name)
+                        .arg(stale.collect::<Vec<_>>())
+                        .ignore();
+                }
                 pipe.cmd("HMGET").arg(name).arg(&fields.read);
-                if due[i] {
+                if plan.sweep {
                     pipe.cmd("HKEYS").arg(name);
                 }
-                1 + usize::from(due[i])
+                1 + usize::from(plan.sweep)
             })
             .await?;
         let mut replies = replies.into_iter();
@@ -507,7 +512,7 @@ impl Shared {
         let mut sweep: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
         for (i, (key, delta)) in batch.iter().enumerate() {
             let reply = replies.next();
-            if due[i]
+            if plans[i].sweep
                 && let Some(redis::Value::Array(names)) = replies.next()
             {
                 let stale: Vec<Vec<u8>> = names
@@ -530,20 +535,21 @@ impl Shared {
             if admitted.len() != 2 * quotas.len() {
                 continue;
             }
-            let before = self.remote(*key).unwrap_or_default();
-            let mut flushed = before.flushed;
-            flushed.advance(now);
-            add_delta(&mut flushed, delta);
-            let mut remote = remote_counts(counts, flushed, now, self.replica);
-            remote.admitted = before.admitted;
-            let elsewhere = remote
-                .admitted
-                .update(&quotas, admitted, &delta.admitted, now_ms);
+            let elsewhere = self.remote.with(*key, Remote::default, |remote| {
+                let mut flushed = remote.flushed;
+                flushed.advance(now);
+                add_delta(&mut flushed, delta);
+                let read = std::mem::take(&mut remote.admitted);
+                *remote = remote_counts(counts, flushed, now, self.replica);
+                remote.admitted = read;
+                remote
+                    .admitted
+                    .update(&quotas, admitted, &delta.admitted, now_ms)
+            });
             for &class in &quotas {
                 let Elsewhere { requests, over } = elsewhere[class.index()];
                 limits.charge(class, *key, requests, over);
             }
-            self.remote.with(*key, Remote::default, |r| *r = remote);
         }
         if !sweep.is_empty() {
             let swept: Vec<String> = sweep.iter().map(|(i, _)| names[*i].clone()).collect();
@@ -560,6 +566,26 @@ impl Shared {
     /// keep a client's key in one slot).
     fn client_key(&self, key: ClientKey) -> String {
         format!("{}c:{{{:032x}}}", self.config.key_prefix, key.bits())
+    }
+}
+
+/// What one sync does for a client besides flushing its notes and
+/// reading the global counts back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Plan {
+    /// When it last synced here (Unix seconds); none for a client new here.
+    last: Option<u32>,
+    /// Push its key's expiry back and sweep its fields: at its first sync
+    /// here in each minute.
+    sweep: bool,
+}
+
+impl Plan {
+    fn new(last: Option<u32>, now: u32) -> Plan {
+        Plan {
+            last,
+            sweep: last.is_none_or(|last| last / SWEEP_EVERY != now / SWEEP_EVERY),
+        }
     }
 }
 
@@ -596,9 +622,10 @@ fn is_stale(field: &[u8], now: u32) -> bool {
     start < previous
 }
 
-/// A client's hash lives this long past its last write (seconds): the
-/// longest window twice, and a second.
-const KEY_TTL: i64 = 2 * AUTH_FAILURE_WINDOW as i64 + 1;
+/// A client's hash lives this long past the last push of its expiry
+/// (seconds): the longest window twice and a second, past its last write
+/// (pushed back once a minute while written).
+const KEY_TTL: i64 = 2 * AUTH_FAILURE_WINDOW as i64 + 1 + SWEEP_EVERY as i64;
 
 /// The windows kept in Redis: the rate windows; statuses share the
 /// 60-second one, failed credentials the 300-second one.
@@ -629,8 +656,16 @@ struct Fields {
     admitted: [String; CLASSES],
     /// Fields of windows no longer counting (two and more back), deleted
     /// as each client syncs; a client idle meanwhile leaves a few more,
-    /// gone with its key.
-    stale: Vec<String>,
+    /// gone at the next sweep or with its key.
+    stale: Vec<Stale>,
+}
+
+/// A field of a window past.
+struct Stale {
+    /// The window's length and start (seconds).
+    window: u32,
+    start: u32,
+    name: String,
 }
 
 impl Fields {
@@ -662,15 +697,32 @@ impl Fields {
             read.push(now_admitted[class.index()].clone());
             read.push(before_admitted[class.index()].clone());
         }
-        let mut stale: Vec<String> = Vec::new();
+        let mut stale: Vec<Stale> = Vec::new();
+        let mut past = |window: u32, back: u32, names: &mut dyn Iterator<Item = String>| {
+            stale.extend(names.map(|name| Stale {
+                window,
+                start: start(window, back),
+                name,
+            }));
+        };
         for back in 2..=5 {
-            stale.push(format!("r1:{}", start(1, back)));
+            past(
+                1,
+                back,
+                &mut std::iter::once(format!("r1:{}", start(1, back))),
+            );
         }
-        stale.extend(requests(2).into_iter().skip(1));
-        stale.extend(statuses(2));
-        stale.push(auth(2));
+        for (w, name) in WINDOWS.into_iter().zip(requests(2)).skip(1) {
+            past(w, 2, &mut std::iter::once(name));
+        }
+        past(STATUS_WINDOW, 2, &mut statuses(2).into_iter());
+        past(AUTH_FAILURE_WINDOW, 2, &mut std::iter::once(auth(2)));
         let gone = admitted(2);
-        stale.extend(quotas.iter().map(|c| gone[c.index()].clone()));
+        past(
+            STATUS_WINDOW,
+            2,
+            &mut quotas.iter().map(|c| gone[c.index()].clone()),
+        );
         Fields {
             requests: requests(0),
             statuses: statuses(0),
@@ -679,6 +731,20 @@ impl Fields {
             admitted: now_admitted,
             stale,
         }
+    }
+
+    /// The fields of windows past that were not yet past at a client's
+    /// last sync (`last`; all of them for a client new here): those its
+    /// HDEL has still to delete.
+    fn stale_since(&self, last: Option<u32>) -> impl Iterator<Item = &str> {
+        self.stale
+            .iter()
+            .filter(move |f| {
+                last.is_none_or(|last| {
+                    f.start > (last - last % f.window).saturating_sub(2 * f.window)
+                })
+            })
+            .map(|f| f.name.as_str())
     }
 
     /// The fields a delta adds to, and by how much.
@@ -920,6 +986,48 @@ mod tests {
     }
 
     #[test]
+    fn each_sync_deletes_only_what_went_stale_since_the_last() {
+        let fields = Fields::at(1_000_035, &[]);
+        let since = |last| {
+            let mut names: Vec<&str> = fields.stale_since(last).collect();
+            names.sort_unstable();
+            names
+        };
+        // In the same second: nothing new.
+        assert!(since(Some(1_000_035)).is_empty());
+        // A second later: one 1-second field.
+        assert_eq!(since(Some(1_000_034)), ["r1:1000033"]);
+        // Three seconds later.
+        assert_eq!(
+            since(Some(1_000_032)),
+            ["r1:1000031", "r1:1000032", "r1:1000033"]
+        );
+        // Across a 10-second turn: that window's field too; the 1-second
+        // fields further back wait for the sweep.
+        assert_eq!(
+            since(Some(1_000_029)),
+            [
+                "r10:1000010",
+                "r1:1000030",
+                "r1:1000031",
+                "r1:1000032",
+                "r1:1000033"
+            ]
+        );
+        // Across a minute's turn: the minute's fields too, not the
+        // 5 minutes'.
+        let turned = since(Some(1_000_019));
+        assert!(
+            turned.contains(&"r60:999900") && turned.contains(&"x:999900"),
+            "{turned:?}"
+        );
+        assert!(!turned.contains(&"f:999300"), "{turned:?}");
+        // New here: everything.
+        assert!(since(None).contains(&"f:999300"));
+        assert_eq!(since(None).len(), fields.stale.len());
+    }
+
+    #[test]
     fn fields_of_windows_past_are_stale() {
         let now = 1_000_005;
         for (field, stale) in [
@@ -970,12 +1078,13 @@ mod tests {
         let fields = Fields::at(1_000_030, &[Class::PayingCustomer]);
         assert_eq!(fields.read.len(), READ_LEN + 2);
         assert_eq!(fields.read[READ_LEN..], ["q2:1000020", "q2:999960"]);
-        assert!(fields.stale.contains(&"q2:999900".to_owned()));
+        let stale: Vec<&str> = fields.stale_since(None).collect();
+        assert!(stale.contains(&"q2:999900"));
         assert_eq!(fields.read[2], "r60:1000020");
         assert_eq!(fields.read[6], "r60:1000020".replace("1000020", "999960"));
         assert_eq!(fields.read[2 * WINDOW_COUNT + 1], "x:1000020");
-        assert!(fields.stale.contains(&"r60:999900".to_owned()));
-        assert!(fields.stale.iter().all(|f| !fields.read.contains(f)));
+        assert!(stale.contains(&"r60:999900"));
+        assert!(stale.iter().all(|f| !fields.read.iter().any(|r| r == f)));
         let mut admitted = [0; CLASSES];
         admitted[Class::ServiceClient.index()] = 3;
         let d = Delta {
