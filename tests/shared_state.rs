@@ -345,6 +345,19 @@ async fn redis_down_at_start_or_lost_mid_run_costs_no_request() {
     .await;
     assert!(down.is_some(), "the loss was not noticed");
 
+    // While it is gone, tries to reach it back off instead of coming at
+    // every 50 ms sync: a handful in two seconds, not forty.
+    let errors = |m: &str| sample(m, "usher_state_sync_errors_total").unwrap_or(0.0);
+    let before = errors(&a.metrics().await);
+    for _ in 0..20 {
+        let (status, _) = request(&a, "198.51.100.10", "/").await;
+        assert_eq!(status, 200);
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tries = errors(&a.metrics().await) - before;
+    assert!(tries <= 8.0, "{tries} tries in 2 s");
+
     // And back: sync resumes.
     let _redis = Redis::start_on(port);
     let again = wait_serving(&a, &mut served, |m| {

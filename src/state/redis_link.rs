@@ -61,6 +61,9 @@ impl Link {
                     redis::cluster::ClusterClientBuilder::new(urls.iter().map(String::as_str))
                         .connection_timeout(timeout)
                         .response_timeout(timeout)
+                        // A pipeline retried after a redirect could apply
+                        // its increments twice; the next sync goes to
+                        // the slot's new node instead.
                         .retries(0);
                 if tls_ca.is_some() {
                     builder = builder.certs(certificates());

@@ -166,7 +166,10 @@ impl Admitted {
                 }
                 _ => (
                     previous.saturating_add(current),
-                    Duration::from_millis(now_ms - u64::from(window - STATUS_WINDOW) * 1000),
+                    Duration::from_millis(
+                        now_ms
+                            .saturating_sub(u64::from(window.saturating_sub(STATUS_WINDOW)) * 1000),
+                    ),
                 ),
             };
             elsewhere[i] = Elsewhere {
@@ -374,6 +377,10 @@ impl Shared {
             }
         };
         let mut idle_ticks = 0u32;
+        // While Redis is unreachable, tries to connect are spaced out,
+        // doubling from one sync interval to RETRY_WAIT_MAX.
+        let mut retry_wait = self.config.sync_interval;
+        let mut retry_at = std::time::Instant::now();
         let mut tick = tokio::time::interval(self.config.sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -404,14 +411,25 @@ impl Shared {
             }
             idle_ticks = 0;
             let started = std::time::Instant::now();
-            if let Err(e) = link.connect().await {
-                // Nothing was sent: the notes wait for the next try, as
+            if !link.is_connected() {
+                // Nothing is sent: the notes wait for the next try, as
                 // bounded as ever.
-                self.failed(&e);
-                for (key, delta) in batch {
-                    self.note(key, delta);
+                if started >= retry_at {
+                    match link.connect().await {
+                        Ok(()) => retry_wait = self.config.sync_interval,
+                        Err(e) => {
+                            self.failed(&e);
+                            retry_at = started + retry_wait;
+                            retry_wait = (retry_wait * 2).min(RETRY_WAIT_MAX);
+                        }
+                    }
                 }
-                continue;
+                if !link.is_connected() {
+                    for (key, delta) in batch {
+                        self.note(key, delta);
+                    }
+                    continue;
+                }
             }
             let result = self.sync(&mut link, &batch, &limits()).await;
             if let Some(m) = self.metrics() {
@@ -588,6 +606,9 @@ impl Plan {
         }
     }
 }
+
+/// The longest wait between tries to reach Redis while it is unreachable.
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Idle sync ticks between PINGs that check Redis is still there.
 const IDLE_PING_TICKS: u32 = 10;
@@ -983,6 +1004,21 @@ mod tests {
         let remote = remote_counts(&reply(10, 0), flushed, synced, 1);
         let merged = remote.merged(&own, synced);
         assert_eq!(merged.rates(synced), own.rates(synced));
+    }
+
+    #[test]
+    fn a_clock_near_the_epoch_breaks_nothing() {
+        // A machine whose clock was never set: seconds after 1970.
+        for now in [0, 1, 59, 61, 299, 601] {
+            let fields = Fields::at(now, &Class::ALL);
+            assert!(fields.read.iter().all(|f| !is_stale(f.as_bytes(), now)));
+            let _ = fields.stale_since(Some(now.saturating_sub(1))).count();
+            let mut admitted = Admitted::default();
+            let global = [Some(1); 2 * CLASSES];
+            let now_ms = u64::from(now) * 1000;
+            admitted.update(&Class::ALL, &global, &[0; CLASSES], now_ms);
+            admitted.update(&Class::ALL, &global, &[0; CLASSES], now_ms + 10);
+        }
     }
 
     #[test]
