@@ -102,7 +102,10 @@ impl Classifier {
             Some(p) => p.signals.clone(),
             None => {
                 let stage = SignalsStage::new(Arc::new(ClientStore::new(config.state.capacity)));
-                match config.state.shared(&config.origin.dir)? {
+                match config
+                    .state
+                    .shared(&config.origin.dir, &config.origin.file)?
+                {
                     Some(shared) => {
                         stage.with_shared(Arc::new(Shared::new(shared, config.state.capacity)))
                     }

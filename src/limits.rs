@@ -205,18 +205,23 @@ impl Limits {
         }
         // In signed time: `over` may reach back before the quota began
         // here. Any time not after now means a client fully rested, so a
-        // result before the start is stored as the start.
+        // result before the start is stored as the start. However much
+        // Redis claims, a client owes at most a full burst from now (as
+        // much as it could spend here), so a wild count cannot shut it out
+        // for long or overflow the limiter's clock.
+        let interval = quota.rate.interval().as_nanos() as i128;
         let now = i128::from(u64::from(
             quota.limiter.clock().now().duration_since(quota.start),
         ));
         let from = now - i128::try_from(over.as_nanos()).unwrap_or(i128::MAX);
-        let cost = quota.rate.interval().as_nanos() as i128 * i128::from(requests);
+        let cost = interval * i128::from(requests);
+        let most = now + interval * i128::from(quota.rate.burst.get());
         quota.states.with(
             client,
             || None,
             |slot| {
-                let at = slot.map_or(from, |at| from.max(i128::from(at))) + cost;
-                *slot = Some(u64::try_from(at.max(0)).unwrap_or(u64::MAX));
+                let at = (slot.map_or(from, |at| from.max(i128::from(at))) + cost).min(most);
+                *slot = Some(u64::try_from(at.max(0)).unwrap_or(0));
             },
         );
     }
@@ -299,6 +304,13 @@ mod tests {
         limits.charge(Class::PublicVisitor, b, 4, Duration::ZERO);
         assert!(limits.check(Class::PublicVisitor, b).is_ok());
         assert!(limits.check(Class::PublicVisitor, b).is_err());
+
+        // A wild count from Redis owes at most a full burst: the wait is
+        // about one interval, and nothing overflows.
+        let c = Limits::client("192.0.2.3".parse().unwrap(), None);
+        limits.charge(Class::PublicVisitor, c, u32::MAX, Duration::ZERO);
+        let wait = limits.check(Class::PublicVisitor, c).unwrap_err();
+        assert!(wait <= Duration::from_secs(3601), "{wait:?}");
 
         // Charges to a class without a quota, or of nothing, change nothing.
         limits.charge(Class::MaliciousBot, a, 100, Duration::ZERO);

@@ -200,13 +200,30 @@ async fn a_pace_only_the_sum_exceeds_is_seen_by_both_replicas() {
     let a = replica(&up.url(), &redis.url(), &rules);
     let b = replica(&up.url(), &redis.url(), &rules);
     only_the_sum_is_busy(&a, &b, "198.51.100.7").await;
-    // The client's key expires 10 to 11 minutes after its last write.
+    // The client's key expires 10 minutes after its last write.
     let ttl: i64 = redis::cmd("TTL")
         .arg(client_key("198.51.100.7"))
         .query_async(&mut redis.connection().await)
         .await
         .unwrap();
-    assert!((600..=661).contains(&ttl), "TTL {ttl}");
+    assert!((595..=601).contains(&ttl), "TTL {ttl}");
+
+    // Gone from Redis (evicted, deleted) and written again in the same
+    // minute: it expires again.
+    let mut c = redis.connection().await;
+    let () = redis::cmd("DEL")
+        .arg(client_key("198.51.100.7"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    request(&a, "198.51.100.7", "/").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(client_key("198.51.100.7"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((595..=601).contains(&ttl), "TTL {ttl} after a write anew");
 }
 
 /// 15 requests to each replica, alternating: 30 in all, over the rule's
@@ -613,6 +630,40 @@ async fn replicas_share_through_a_redis_cluster() {
     let b = replica_of(&up.url(), &servers(&cluster.nodes[2]), &rules);
 
     only_the_sum_is_busy(&a, &b, "198.51.100.7").await;
+
+    // Many clients in each sync, their keys in slots of different nodes:
+    // each is judged on its own sum. Two busy ones (15 requests to each
+    // replica) and four light ones (3 to each), interleaved.
+    let busy = ["198.51.100.50", "198.51.100.51"];
+    let light = [
+        "198.51.100.60",
+        "198.51.100.61",
+        "198.51.100.62",
+        "198.51.100.63",
+    ];
+    for i in 0..30 {
+        let usher = if i % 2 == 0 { &a } else { &b };
+        for client in busy {
+            assert_eq!(request(usher, client, "/products/1").await.0, 200);
+        }
+        if i < 6 {
+            for client in light {
+                assert_eq!(request(usher, client, "/").await.0, 200);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for usher in [&a, &b] {
+        for client in busy {
+            let (_, class) = request(usher, client, "/").await;
+            assert_eq!(class.as_deref(), Some("malicious_bot"), "{client}");
+        }
+        for client in light {
+            let (_, class) = request(usher, client, "/").await;
+            assert_eq!(class.as_deref(), Some("public_visitor"), "{client}");
+        }
+    }
 
     // Clients whose keys fall in slots of every node: each one's requests
     // at both replicas add up in its own hash, wherever that lives.

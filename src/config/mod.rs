@@ -285,11 +285,13 @@ impl Default for StateConfig {
 
 impl StateConfig {
     /// How to share state, when the backend is Redis: reads the CA file
-    /// (relative to `base`, the config file's folder) and checks that a
-    /// Redis client can be made of it all, without connecting.
+    /// (relative to `base`, the folder of the config file `file`) and
+    /// checks that a Redis client can be made of it all, without
+    /// connecting.
     pub fn shared(
         &self,
         base: &std::path::Path,
+        file: &str,
     ) -> Result<Option<crate::state::shared::SharedConfig>, ConfigError> {
         use crate::state::redis_link::{Link, Servers};
         if self.backend != Backend::Redis {
@@ -303,9 +305,9 @@ impl StateConfig {
         let tls_ca = match &self.tls_ca {
             Some(path) => {
                 let path = base.join(path);
-                let pem = std::fs::read(&path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
+                let pem = std::fs::read(&path).map_err(|e| ConfigError::Inconsistent {
+                    file: file.to_owned(),
+                    message: format!("state.tls_ca: cannot read {}: {e}", path.display()),
                 })?;
                 let not_pem = |why: &str| ConfigError::Inconsistent {
                     file: path.display().to_string(),
@@ -360,7 +362,31 @@ fn check_redis_url(url: &str) -> Result<(), String> {
 const MAX_CLUSTER_NODES: usize = 64;
 
 fn redis_cluster<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    let nodes = Vec::<String>::deserialize(d)?;
+    /// A list of strings; anything else is refused without echoing it (a
+    /// lone URL may hold a password).
+    struct Nodes;
+    impl<'de> serde::de::Visitor<'de> for Nodes {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of redis:// or rediss:// URLs")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut nodes = Vec::new();
+            while let Some(url) = seq.next_element::<String>()? {
+                nodes.push(url);
+            }
+            Ok(nodes)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(E::custom(
+                "cluster must be a list of URLs, even of one: [\"redis://host:6379\"]",
+            ))
+        }
+    }
+    let nodes = d.deserialize_any(Nodes)?;
     if nodes.is_empty() || nodes.len() > MAX_CLUSTER_NODES {
         return Err(serde::de::Error::custom(format!(
             "cluster must name 1 to {MAX_CLUSTER_NODES} nodes"
@@ -873,6 +899,7 @@ shutdown = "1h"
                 2,
             ),
             ("[state]\ncluster = \"redis://a:1\"", "state.cluster", 2),
+            ("[state]\ncluster = 5", "state.cluster", 2),
             ("[state]\nkey_prefix = \"a b\"", "state.key_prefix", 2),
             ("[state]\nkey_prefix = \"{x}\"", "state.key_prefix", 2),
             ("[state]\nsync_interval = \"5s\"", "state.sync_interval", 2),
@@ -895,13 +922,17 @@ shutdown = "1h"
             "usher.toml",
         )
         .unwrap();
-        let shared = c.state.shared(Path::new(".")).unwrap().unwrap();
+        let shared = c
+            .state
+            .shared(Path::new("."), "usher.toml")
+            .unwrap()
+            .unwrap();
         assert_eq!(shared.sync_interval, Duration::from_millis(100));
         assert_eq!(shared.key_prefix, "usher:");
         assert!(
             Config::default()
                 .state
-                .shared(Path::new("."))
+                .shared(Path::new("."), "usher.toml")
                 .unwrap()
                 .is_none()
         );
@@ -910,6 +941,8 @@ shutdown = "1h"
     #[test]
     fn redis_is_one_server_or_a_cluster_with_tls_checked_at_load() {
         use crate::state::redis_link::Servers;
+        let lone = err("[state]\ncluster = \"redis://:hunter2@a:1\"\n");
+        assert!(lone.contains("list") && !lone.contains("hunter2"), "{lone}");
         let both =
             "[state]\nbackend = \"redis\"\nurl = \"redis://a:1\"\ncluster = [\"redis://b:1\"]\n";
         assert!(err(both).contains("not both"), "{}", err(both));
@@ -921,7 +954,11 @@ shutdown = "1h"
             "usher.toml",
         )
         .unwrap();
-        let shared = c.state.shared(Path::new(".")).unwrap().unwrap();
+        let shared = c
+            .state
+            .shared(Path::new("."), "usher.toml")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             shared.servers,
             Servers::Cluster(vec![
@@ -934,10 +971,21 @@ shutdown = "1h"
         let dir = tempfile::tempdir().unwrap();
         let tls = "[state]\nbackend = \"redis\"\nurl = \"rediss://h:6380\"\ntls_ca = \"ca.pem\"\n";
         let c = Config::parse(tls, "usher.toml").unwrap();
-        let missing = c.state.shared(dir.path()).unwrap_err().to_string();
-        assert!(missing.contains("ca.pem"), "{missing}");
+        let missing = c
+            .state
+            .shared(dir.path(), "usher.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.contains("ca.pem") && missing.contains("state.tls_ca"),
+            "{missing}"
+        );
         std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
-        let bad = c.state.shared(dir.path()).unwrap_err().to_string();
+        let bad = c
+            .state
+            .shared(dir.path(), "usher.toml")
+            .unwrap_err()
+            .to_string();
         assert!(
             bad.contains("ca.pem") && bad.contains("state.tls_ca"),
             "{bad}"

@@ -163,12 +163,15 @@ impl Proxy {
         match action {
             Action::Forward => {}
             Action::Limit => {
+                let limits = settings.classifier.limits();
                 let client = Limits::client(client_ip, subject.as_deref());
-                if let Err(wait) = settings.classifier.limits().check(class, client) {
+                if let Err(wait) = limits.check(class, client) {
                     self.metrics.count_rate_limited(class);
                     return Ok(too_many_requests(wait, done));
                 }
-                if let Some(shared) = settings.classifier.signals().shared() {
+                if let Some(shared) = settings.classifier.signals().shared()
+                    && limits.has(class)
+                {
                     shared.note_admitted(client, class);
                 }
             }

@@ -123,13 +123,15 @@ impl Link {
     /// Send the commands of every client (`add` puts client `i`'s, all on
     /// its key `keys[i]`, in a pipeline and tells how many replies they
     /// give), and give back the replies in client order. One client's
-    /// failing command gives an error reply in its place; a failure of
-    /// the link fails the whole exchange.
+    /// failing command gives an error reply in its place; a cluster slot
+    /// whose pipeline failed gives `Nil` in place of its clients' replies
+    /// (and its error in the answer); a failure of the link fails the
+    /// whole exchange.
     pub async fn exchange(
         &mut self,
         keys: &[String],
         add: impl Fn(&mut Pipeline, usize) -> usize,
-    ) -> RedisResult<Vec<Value>> {
+    ) -> RedisResult<Answer> {
         self.connect().await?;
         match self.connection.as_mut() {
             Some(Connection::One(c)) => {
@@ -138,15 +140,33 @@ impl Link {
                 for i in 0..keys.len() {
                     add(&mut pipe, i);
                 }
-                if pipe.is_empty() {
-                    return Ok(Vec::new());
-                }
-                pipe.query_async(c).await
+                let replies = if pipe.is_empty() {
+                    Vec::new()
+                } else {
+                    pipe.query_async(c).await?
+                };
+                Ok(Answer {
+                    replies,
+                    failed: None,
+                })
             }
-            Some(Connection::Cluster(c)) => exchange_by_slot(c, keys, add).await,
-            None => Ok(Vec::new()),
+            Some(Connection::Cluster(c)) => Ok(exchange_by_slot(c, keys, add).await),
+            None => Ok(Answer {
+                replies: Vec::new(),
+                failed: None,
+            }),
         }
     }
+}
+
+/// What an exchange brought back.
+pub struct Answer {
+    /// Every client's replies, in client order.
+    pub replies: Vec<Value>,
+    /// The first error of a cluster slot whose pipeline failed: its
+    /// clients' commands were sent and perhaps applied, but their replies
+    /// are `Nil`.
+    pub failed: Option<redis::RedisError>,
 }
 
 /// A cluster's exchange: a pipeline per hash slot (a pipeline must stay
@@ -156,7 +176,7 @@ async fn exchange_by_slot(
     connection: &redis::cluster_async::ClusterConnection,
     keys: &[String],
     add: impl Fn(&mut Pipeline, usize) -> usize,
-) -> RedisResult<Vec<Value>> {
+) -> Answer {
     let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
     for (i, key) in keys.iter().enumerate() {
         by_slot.entry(Slot::for_key(key)).or_default().push(i);
@@ -191,13 +211,21 @@ async fn exchange_by_slot(
         }
     }))
     .buffer_unordered(CLUSTER_PIPELINES_AT_ONCE);
+    let mut failed = None;
     while let Some((clients, answer)) = sent.next().await {
-        let mut answer = answer?.into_iter();
+        // Each slot stands alone: one that failed spoils only its clients.
+        let mut answer = match answer {
+            Ok(answer) => answer.into_iter(),
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
         for i in clients {
             for slot in &mut replies[at[i]..at[i] + counts[i]] {
                 *slot = answer.next().unwrap_or(Value::Nil);
             }
         }
     }
-    Ok(replies)
+    Answer { replies, failed }
 }

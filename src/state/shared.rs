@@ -94,6 +94,9 @@ struct Admitted {
     known: u8,
     /// When the last read was (Unix milliseconds).
     read_at: u64,
+    /// This replica's admissions sent since the last read but never
+    /// answered (taken as applied).
+    sent: [u32; CLASSES],
 }
 
 impl Remote {
@@ -132,6 +135,13 @@ struct Elsewhere {
 }
 
 impl Admitted {
+    /// Admissions sent without an answer: the next read has them too.
+    fn sent(&mut self, mine: &[u32; CLASSES]) {
+        for (a, b) in self.sent.iter_mut().zip(mine) {
+            *a = a.saturating_add(*b);
+        }
+    }
+
     /// Take a read of the global counts (for each of `classes`, the
     /// current minute's and the previous one's), of which `mine` were
     /// admitted here since the last read: gives, per class, what the
@@ -161,7 +171,7 @@ impl Admitted {
             let after = |total: u32| total.checked_sub(last).unwrap_or(total);
             let (all, over) = match self.window {
                 w if known && w == window => (after(current), since_read),
-                w if known && w + STATUS_WINDOW == window => {
+                w if known && w.checked_add(STATUS_WINDOW) == Some(window) => {
                     (after(previous).saturating_add(current), since_read)
                 }
                 _ => (
@@ -173,10 +183,11 @@ impl Admitted {
                 ),
             };
             elsewhere[i] = Elsewhere {
-                requests: all.saturating_sub(mine[i]),
+                requests: all.saturating_sub(mine[i]).saturating_sub(self.sent[i]),
                 over,
             };
         }
+        self.sent = [0; CLASSES];
         self.window = window;
         self.read_at = now_ms;
         elsewhere
@@ -440,10 +451,12 @@ impl Shared {
                 Err(e) => {
                     // Sent, perhaps applied: sending the notes again could
                     // count them twice, so they are given up (and counted).
-                    link.disconnect();
-                    self.failed(&e);
+                    if e.link {
+                        link.disconnect();
+                    }
+                    self.failed(&e.error);
                     if let Some(m) = self.metrics() {
-                        m.dropped.inc_by(batch.len() as u64);
+                        m.dropped.inc_by(e.unanswered as u64);
                     }
                 }
             }
@@ -481,7 +494,7 @@ impl Shared {
         link: &mut Link,
         batch: &[(ClientKey, Delta)],
         limits: &Limits,
-    ) -> redis::RedisResult<()> {
+    ) -> Result<(), SyncError> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -497,7 +510,7 @@ impl Shared {
             .iter()
             .map(|(key, _)| Plan::new(self.remote.peek(key, |r| r.flushed.clock), now))
             .collect();
-        let replies = link
+        let answer = link
             .exchange(&names, |pipe, i| {
                 let (name, delta) = (&names[i], &batch[i].1);
                 for (field, by) in fields.increments(delta) {
@@ -508,9 +521,7 @@ impl Shared {
                         .ignore();
                 }
                 let plan = plans[i];
-                if plan.sweep {
-                    pipe.expire(name, KEY_TTL).ignore();
-                }
+                pipe.expire(name, KEY_TTL).ignore();
                 let mut stale = fields.stale_since(plan.last).peekable();
                 if stale.peek().is_some() {
                     pipe.cmd("HDEL")
@@ -524,8 +535,24 @@ impl Shared {
                 }
                 1 + usize::from(plan.sweep)
             })
-            .await?;
-        let mut replies = replies.into_iter();
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                // Sent, perhaps applied: taken as applied, so that the next
+                // read does not count them again as another replica's.
+                for (key, delta) in batch {
+                    self.unanswered(*key, delta, now);
+                }
+                return Err(SyncError {
+                    error,
+                    unanswered: batch.len(),
+                    link: true,
+                });
+            }
+        };
+        let mut unanswered = 0;
+        let mut replies = answer.replies.into_iter();
         // Per client swept: where in the batch, and its stale field names.
         let mut sweep: Vec<(usize, Vec<Vec<u8>>)> = Vec::new();
         for (i, (key, delta)) in batch.iter().enumerate() {
@@ -544,15 +571,18 @@ impl Shared {
                     sweep.push((i, stale));
                 }
             }
-            let Some(reply) = reply.and_then(numbers) else {
+            let reply = reply.and_then(numbers);
+            let Some((counts, admitted)) = reply
+                .as_deref()
+                .and_then(|r| r.split_first_chunk::<READ_LEN>())
+                .filter(|(_, admitted)| admitted.len() == 2 * quotas.len())
+            else {
+                // No answer (a cluster slot that failed) or an odd one (an
+                // odd key): what was sent is taken as applied.
+                self.unanswered(*key, delta, now);
+                unanswered += 1;
                 continue;
             };
-            let Some((counts, admitted)) = reply.split_first_chunk::<READ_LEN>() else {
-                continue;
-            };
-            if admitted.len() != 2 * quotas.len() {
-                continue;
-            }
             let elsewhere = self.remote.with(*key, Remote::default, |remote| {
                 let mut flushed = remote.flushed;
                 flushed.advance(now);
@@ -571,13 +601,37 @@ impl Shared {
         }
         if !sweep.is_empty() {
             let swept: Vec<String> = sweep.iter().map(|(i, _)| names[*i].clone()).collect();
-            link.exchange(&swept, |pipe, j| {
-                pipe.hdel(&swept[j], &sweep[j].1).ignore();
-                0
-            })
-            .await?;
+            // Everything else is done: a sweep that fails waits for the next.
+            let deleted = link
+                .exchange(&swept, |pipe, j| {
+                    pipe.hdel(&swept[j], &sweep[j].1).ignore();
+                    0
+                })
+                .await;
+            if let Err(e) = deleted {
+                tracing::debug!(error = %e, "state backend: sweep failed");
+            }
         }
-        Ok(())
+        match answer.failed {
+            None => Ok(()),
+            Some(error) => Err(SyncError {
+                error,
+                unanswered,
+                link: false,
+            }),
+        }
+    }
+
+    /// Take a client's notes, sent but not answered, as applied: they
+    /// join what this replica flushed, and its admissions are not counted
+    /// as another replica's at the next read. (Were they not applied, the
+    /// others' share reads low until the windows turn: never high.)
+    fn unanswered(&self, key: ClientKey, delta: &Delta, now: u32) {
+        self.remote.with(key, Remote::default, |remote| {
+            remote.flushed.advance(now);
+            add_delta(&mut remote.flushed, delta);
+            remote.admitted.sent(&delta.admitted);
+        });
     }
 
     /// `prefix` + `c:` + the client in braces (so a Redis Cluster would
@@ -587,14 +641,22 @@ impl Shared {
     }
 }
 
+/// How a sync fell short.
+struct SyncError {
+    error: redis::RedisError,
+    /// Clients whose notes were sent and never answered.
+    unanswered: usize,
+    /// Whether the link failed (else a cluster slot or a client did).
+    link: bool,
+}
+
 /// What one sync does for a client besides flushing its notes and
 /// reading the global counts back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Plan {
     /// When it last synced here (Unix seconds); none for a client new here.
     last: Option<u32>,
-    /// Push its key's expiry back and sweep its fields: at its first sync
-    /// here in each minute.
+    /// Sweep its fields: at its first sync here in each minute.
     sweep: bool,
 }
 
@@ -643,10 +705,9 @@ fn is_stale(field: &[u8], now: u32) -> bool {
     start < previous
 }
 
-/// A client's hash lives this long past the last push of its expiry
-/// (seconds): the longest window twice and a second, past its last write
-/// (pushed back once a minute while written).
-const KEY_TTL: i64 = 2 * AUTH_FAILURE_WINDOW as i64 + 1 + SWEEP_EVERY as i64;
+/// A client's hash lives this long past its last write (seconds): the
+/// longest window twice, and a second.
+const KEY_TTL: i64 = 2 * AUTH_FAILURE_WINDOW as i64 + 1;
 
 /// The windows kept in Redis: the rate windows; statuses share the
 /// 60-second one, failed credentials the 300-second one.
@@ -972,6 +1033,30 @@ mod tests {
             now + 30_200,
         );
         assert_eq!((odd[p], odd[m]), (at(100, 0), at(100, 0)));
+        // Ours sent in a sync that was never answered (4, taken as
+        // applied) are not the others' at the next read.
+        admitted.sent(&[4, 0, 0, 0, 0]);
+        let after = admitted.update(
+            &classes,
+            &[Some(4), Some(50), Some(1), None],
+            &[0; CLASSES],
+            now + 30_300,
+        );
+        assert_eq!(after[p].requests, 0);
+        admitted.sent(&[4, 0, 0, 0, 0]);
+        let _ = admitted.update(
+            &classes,
+            &[Some(10), None, None, None],
+            &[0; CLASSES],
+            now + 30_400,
+        );
+        let later_yet = admitted.update(
+            &classes,
+            &[Some(11), None, None, None],
+            &[0; CLASSES],
+            now + 30_500,
+        );
+        assert_eq!(later_yet[p].requests, 1, "what was sent counts once");
         // Minutes later, the two minutes count again, over two minutes.
         let later = admitted.update(
             &classes,
@@ -1179,7 +1264,7 @@ mod tests {
     #[test]
     fn what_a_client_costs_in_memory_with_redis() {
         // The deploy guide quotes it, with the map's key and links.
-        assert_eq!(std::mem::size_of::<Remote>(), 272);
+        assert_eq!(std::mem::size_of::<Remote>(), 288);
     }
 
     #[test]
