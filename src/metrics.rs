@@ -111,6 +111,8 @@ pub struct Metrics {
     verifications: [[IntCounter; VERIFICATION_RESULTS]; Source::ALL.len()],
     /// Client connections currently open.
     pub connections_active: IntGauge,
+    /// Client connections refused because `connections.max` were open.
+    pub connections_refused: IntCounter,
     /// Upgraded (WebSocket) tunnels currently open.
     pub upgrades_active: IntGauge,
     /// Access log lines dropped because the writer fell behind.
@@ -297,6 +299,14 @@ impl Metrics {
             IntGauge::new(
                 "usher_connections_active",
                 "Client connections currently open.",
+            )?,
+        )?;
+
+        let connections_refused = register(
+            &registry,
+            IntCounter::new(
+                "usher_connections_refused_total",
+                "Client connections answered 503 and closed because connections.max were open.",
             )?,
         )?;
 
@@ -536,6 +546,7 @@ impl Metrics {
             upstream_errors,
             verifications,
             connections_active,
+            connections_refused,
             upgrades_active,
             access_log_dropped,
             client_aborts,

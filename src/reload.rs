@@ -382,6 +382,7 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
         ("timeouts.connect", a.connect == b.connect),
         ("timeouts.upstream_idle", a.upstream_idle == b.upstream_idle),
         ("timeouts.shutdown", a.shutdown == b.shutdown),
+        ("connections", running.connections == new.connections),
         (
             "state.capacity",
             running.state.capacity == new.state.capacity,

@@ -10,12 +10,13 @@ use std::time::Duration;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::classify::Classifier;
+use crate::config::connections::DEFAULT_MAX_HEADERS;
 use crate::config::{AccessLog as AccessLogMode, Config};
 use crate::metrics::Metrics;
 use crate::proxy::pool::Pool;
@@ -160,15 +161,23 @@ impl Server {
         }
 
         let mut http = auto::Builder::new(TokioExecutor::new());
+        let limits = &config.connections;
         http.http1()
             .writev(false)
             .timer(TokioTimer::new())
-            .header_read_timeout(config.timeouts.header_read);
+            .header_read_timeout(config.timeouts.header_read)
+            .max_buf_size(limits.max_header_bytes);
+        if limits.max_headers != DEFAULT_MAX_HEADERS {
+            // Off the default, hyper allocates the header array per request.
+            http.http1().max_headers(limits.max_headers);
+        }
         // HTTP/2 peers that stop answering pings are dropped.
         http.http2()
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(H2_PING_INTERVAL))
-            .keep_alive_timeout(H2_PING_INTERVAL);
+            .keep_alive_timeout(H2_PING_INTERVAL)
+            .max_concurrent_streams(limits.h2_max_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let serve = || Serve {
             proxy: proxy.clone(),
             pool: Pool::new(config.timeouts.connect, config.timeouts.upstream_idle),
@@ -197,6 +206,10 @@ impl Server {
             workers,
             "listening"
         );
+        // Room for `connections.max` open client connections, and for the
+        // refused ones being closed politely.
+        let open = Arc::new(tokio::sync::Semaphore::new(config.connections.max));
+        let lingering = Arc::new(tokio::sync::Semaphore::new(REFUSALS_LINGERING));
         tokio::pin!(shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -212,9 +225,16 @@ impl Server {
                 },
                 () = &mut shutdown => break,
             };
+            let Ok(admitted) = Arc::clone(&open).try_acquire_owned() else {
+                metrics.connections_refused.inc();
+                refuse(stream, &lingering);
+                continue;
+            };
             match &mut accepting {
-                Accepting::Here(serve, graceful) => serve.connection(stream, peer, graceful),
-                Accepting::Workers(workers) => workers.hand(stream, peer).await,
+                Accepting::Here(serve, graceful) => {
+                    serve.connection(stream, peer, admitted, graceful);
+                }
+                Accepting::Workers(workers) => workers.hand(stream, peer, admitted).await,
             }
         }
 
@@ -316,6 +336,41 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { what, addr, source })
+}
+
+/// Refused connections being closed at once, at most: past it, a refused
+/// connection is dropped without its 503.
+const REFUSALS_LINGERING: usize = 1024;
+
+/// How long a refused connection may take to read its 503.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// The answer to a connection past `connections.max`.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too_many_connections\"}";
+
+/// Answer a connection past `connections.max` with a 503 and close it,
+/// without ever waiting in the accept loop: the answer goes in one
+/// non-blocking write, then the connection lingers (reading and dropping
+/// what the client sent, so closing does not reset it before it reads the
+/// answer) for at most a second, a bounded number at a time.
+fn refuse(stream: TcpStream, lingering: &Arc<tokio::sync::Semaphore>) {
+    if stream.try_write(REFUSAL).is_err() {
+        return;
+    }
+    let Ok(slot) = Arc::clone(lingering).try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        drop(slot);
+    });
 }
 
 /// How often idle HTTP/2 clients are pinged, and how long they may take

@@ -39,8 +39,15 @@ pub struct Serve {
 
 impl Serve {
     /// Serve one client connection on the current runtime until it ends
-    /// or `graceful` drains it.
-    pub fn connection(&self, stream: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+    /// or `graceful` drains it; `admitted` is its place among the open
+    /// connections, given back when it ends.
+    pub fn connection(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+        graceful: &GracefulShutdown,
+    ) {
         let _ = stream.set_nodelay(true);
         let (proxy, pool) = (self.proxy.clone(), self.pool.clone());
         let started = Arc::new(AtomicBool::new(false));
@@ -76,12 +83,16 @@ impl Serve {
                 tracing::debug!(error = %e, %peer, "client connection ended with an error");
             }
             drop(active);
+            drop(admitted);
         });
     }
 }
 
+/// A connection's place among those `connections.max` allows open.
+pub type Admitted = tokio::sync::OwnedSemaphorePermit;
+
 /// A connection on its way to a worker.
-type Handoff = (std::net::TcpStream, SocketAddr);
+type Handoff = (std::net::TcpStream, SocketAddr, Admitted);
 
 /// Connections a worker may have waiting before the accept loop waits.
 const HANDOFF_QUEUE: usize = 1024;
@@ -123,7 +134,7 @@ impl Workers {
     }
 
     /// Give a freshly accepted connection to the next worker in turn.
-    pub async fn hand(&mut self, stream: TcpStream, peer: SocketAddr) {
+    pub async fn hand(&mut self, stream: TcpStream, peer: SocketAddr, admitted: Admitted) {
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(e) => {
@@ -134,7 +145,11 @@ impl Workers {
         self.next = (self.next + 1) % self.queues.len();
         // A worker only ever ends after its queue closes, so a send fails
         // only if it died: the connection is then dropped, closing it.
-        if self.queues[self.next].send((stream, peer)).await.is_err() {
+        if self.queues[self.next]
+            .send((stream, peer, admitted))
+            .await
+            .is_err()
+        {
             tracing::error!(worker = self.next, "worker thread gone; connection closed");
         }
     }
@@ -160,9 +175,9 @@ impl Workers {
 /// drain for at most `grace`.
 async fn work(serve: Serve, mut handed: mpsc::Receiver<Handoff>, grace: Duration) -> bool {
     let graceful = GracefulShutdown::new();
-    while let Some((stream, peer)) = handed.recv().await {
+    while let Some((stream, peer, admitted)) = handed.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => serve.connection(stream, peer, &graceful),
+            Ok(stream) => serve.connection(stream, peer, admitted, &graceful),
             Err(e) => tracing::debug!(error = %e, %peer, "cannot take the connection over"),
         }
     }

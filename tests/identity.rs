@@ -145,7 +145,9 @@ async fn invalid_credentials_get_no_trust_and_are_counted() {
         forged_alg.as_str(),
         tampered.as_str(),
         "not-a-jwt",
-        &"A".repeat(40_000),
+        // Over the verifier's 16 KiB, under the 32 KiB a request head
+        // may have (past that, the request never gets this far: 431).
+        &"A".repeat(20_000),
     ] {
         let (status, seen) = seen_with(&usher, Some(token)).await;
         assert_eq!(status, 200);

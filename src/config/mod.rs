@@ -2,6 +2,7 @@
 //! checked while it is deserialised, so each error names its key, file, line
 //! and column; unknown keys are errors.
 
+pub mod connections;
 mod diagnostic;
 mod duration;
 pub mod identity;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::forwarded::{Cidr, ClientIpHeader, TrustedProxies};
 
+pub use connections::Connections;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity};
 pub use duration::parse_duration;
 pub use identity::IdentityConfig;
@@ -80,6 +82,8 @@ pub struct Config {
     pub labels: Labels,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// Limits on client connections and request heads.
+    pub connections: Connections,
     /// Credential sources.
     pub identity: IdentityConfig,
     /// Per-client state.
@@ -136,6 +140,7 @@ impl Default for Config {
             rules: Vec::new(),
             labels: Labels::default(),
             timeouts: Timeouts::default(),
+            connections: Connections::default(),
             identity: IdentityConfig::default(),
             state: StateConfig::default(),
             crawlers: CrawlersConfig::default(),
@@ -792,7 +797,7 @@ mod tests {
                     || l.starts_with(&format!("[identity.{key}]"))
             })
         };
-        for table in ["labels", "timeouts", "identity", "state"] {
+        for table in ["labels", "timeouts", "connections", "identity", "state"] {
             let documented = shipped[table].as_table().unwrap();
             for key in known_keys(Some(table)) {
                 assert!(
@@ -884,6 +889,23 @@ shutdown = "1h"
             ("access_log = \"syslog\"", "access_log", 1),
             ("client_ip_header = \"x-real-ip\"", "client_ip_header", 1),
             ("listen = 8080", "listen", 1),
+            ("[connections]\nmax = 0", "connections.max", 2),
+            (
+                "[connections]\nmax_header_bytes = 100",
+                "connections.max_header_bytes",
+                2,
+            ),
+            (
+                "[connections]\nmax_headers = 5000",
+                "connections.max_headers",
+                2,
+            ),
+            (
+                "[connections]\nh2_max_streams = -1",
+                "connections.h2_max_streams",
+                2,
+            ),
+            ("[connections]\nmax_body = 1", "connections", 2),
             ("[state]\nbackend = \"etcd\"", "state.backend", 2),
             ("[state]\nurl = \"http://redis:6379\"", "state.url", 2),
             ("[state]\nurl = \"redis://h:notaport\"", "state.url", 2),

@@ -1,0 +1,156 @@
+//! Greedy clients against the real `usher` binary: oversized request
+//! heads, more connections than `connections.max`, more HTTP/2 streams
+//! than allowed. Each is refused cleanly, and usher keeps serving.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_request_heads_get_431_and_usher_keeps_serving() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(
+        &up,
+        "[connections]\nmax_header_bytes = 8192\nmax_headers = 20",
+    ));
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Long: {}\r\n\r\n",
+        "a".repeat(10_000)
+    );
+    let many = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        (0..30)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    for request in [long, many] {
+        let (status_line, _, _) = raw_exchange(usher.proxy, request.as_bytes()).await;
+        assert!(
+            status_line.starts_with("HTTP/1.1 431"),
+            "{} → {status_line}",
+            &request[..40]
+        );
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 0, "nothing went up");
+    // Just under both limits is served.
+    let fits = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Long: {}\r\n{}\r\n",
+        "a".repeat(6_000),
+        (0..15)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect::<String>()
+    );
+    let (status_line, _, _) = raw_exchange(usher.proxy, fits.as_bytes()).await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+}
+
+/// Send a keep-alive request on a new connection and read its answer,
+/// leaving the connection open.
+async fn open_connection(usher: &Usher) -> TcpStream {
+    let mut stream = TcpStream::connect(usher.proxy).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    assert!(seen.starts_with(b"HTTP/1.1 200"), "{seen:?}");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_maximum_get_503_and_are_closed() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, "[connections]\nmax = 2"));
+    let first = open_connection(&usher).await;
+    let _second = open_connection(&usher).await;
+
+    // The third is answered at once and closed.
+    let mut third = TcpStream::connect(usher.proxy).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(
+        answer.ends_with(r#"{"error":"too_many_connections"}"#),
+        "{answer}"
+    );
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, "usher_connections_refused_total"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&metrics, "usher_connections_active"), Some(2.0));
+
+    // One goes: there is room again.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample(&usher.metrics().await, "usher_connections_active") != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection was not let go"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _again = open_connection(&usher).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_connection_gets_no_more_streams_than_allowed() {
+    // The upstream counts the requests it holds at once.
+    let holding = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (h, m) = (holding.clone(), most.clone());
+    let up = upstream(move |_req| {
+        let (holding, most) = (h.clone(), m.clone());
+        async move {
+            let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            holding.fetch_sub(1, Ordering::SeqCst);
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let usher = Usher::start(&config(&up, "[connections]\nh2_max_streams = 2"));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    // A first request settles the connection: until the client has the
+    // server's settings it may open streams past the limit, which the
+    // server refuses.
+    let first = h2.request(Request::get(usher.url("/")).body(full("")).unwrap());
+    assert_eq!(first.await.expect("first request").status(), 200);
+    let requests = (0..6).map(|i| {
+        h2.request(
+            Request::get(usher.url(&format!("/{i}")))
+                .body(full(""))
+                .unwrap(),
+        )
+    });
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.expect("served in turn").status(), 200);
+    }
+    // One connection, six requests, never more than two in flight.
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+}
