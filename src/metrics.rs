@@ -73,6 +73,8 @@ pub enum Failure {
     Upstream(UpstreamError),
     /// The client's request body broke off before it was sent upstream.
     ClientAborted,
+    /// The client paused its request body past `timeouts.body_idle`.
+    ClientIdle,
 }
 
 impl Failure {
@@ -81,6 +83,7 @@ impl Failure {
         match self {
             Failure::Upstream(kind) => kind.as_str(),
             Failure::ClientAborted => "client_aborted",
+            Failure::ClientIdle => "client_idle",
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Metrics {
     pub access_log_dropped: IntCounter,
     /// Requests whose client went away while sending its body.
     pub client_aborts: IntCounter,
+    /// Requests whose client paused its body past `timeouts.body_idle`.
+    pub client_body_timeouts: IntCounter,
     /// JWKS fetch outcomes.
     pub jwks: crate::identity::jwks::JwksMetrics,
     /// Session lookups.
@@ -331,6 +336,14 @@ impl Metrics {
             IntCounter::new(
                 "usher_client_aborts_total",
                 "Requests whose client broke off the request body before it reached the upstream.",
+            )?,
+        )?;
+
+        let client_body_timeouts = register(
+            &registry,
+            IntCounter::new(
+                "usher_client_body_timeouts_total",
+                "Requests answered 408 because the client paused its body past timeouts.body_idle.",
             )?,
         )?;
 
@@ -550,6 +563,7 @@ impl Metrics {
             upgrades_active,
             access_log_dropped,
             client_aborts,
+            client_body_timeouts,
             jwks,
             sessions,
             rule_matches,

@@ -154,3 +154,52 @@ async fn an_http2_connection_gets_no_more_streams_than_allowed() {
     // One connection, six requests, never more than two in flight.
     assert_eq!(most.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_gets_408_and_lets_go() {
+    let up = upstream(echo).await;
+    let usher = Usher::start(&config(&up, "[timeouts]\nbody_idle = \"400ms\""));
+
+    // A steady trickle, each pause under body_idle, is served.
+    let mut steady = TcpStream::connect(usher.proxy).await.unwrap();
+    steady
+        .write_all(
+            b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 40\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        steady.write_all(&[b'x'; 10]).await.unwrap();
+    }
+    let (status_line, _, _) = raw_exchange_on(steady).await;
+    assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
+
+    // Ten bytes of a hundred, then nothing: 408, and the connection goes.
+    let mut stalled = TcpStream::connect(usher.proxy).await.unwrap();
+    stalled
+        .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let log = usher.wait_access_log(2).await;
+    assert_eq!(log[1]["status"], 408, "{log:?}");
+    assert_eq!(log[1]["error"], "client_idle", "{log:?}");
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, "usher_client_body_timeouts_total"),
+        Some(1.0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sample(&usher.metrics().await, "usher_connections_active") != Some(0.0) {
+        assert!(Instant::now() < deadline, "a connection was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -211,6 +211,9 @@ pub struct Timeouts {
     /// From sending a request to the upstream's response head.
     #[serde(deserialize_with = "duration::deserialize")]
     pub response_header: Duration,
+    /// The longest a client may pause while sending a request body.
+    #[serde(deserialize_with = "duration::deserialize")]
+    pub body_idle: Duration,
     /// How long an idle pooled upstream connection is kept.
     #[serde(deserialize_with = "duration::deserialize")]
     pub upstream_idle: Duration,
@@ -225,6 +228,7 @@ impl Default for Timeouts {
             header_read: Duration::from_secs(10),
             connect: Duration::from_secs(2),
             response_header: Duration::from_secs(60),
+            body_idle: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(90),
             shutdown: Duration::from_secs(25),
         }

@@ -48,6 +48,8 @@ pub struct Settings {
     upstream_host: Option<HeaderValue>,
     /// How long to wait for the upstream's response head.
     pub response_timeout: Duration,
+    /// How long a client may pause while sending a request body.
+    pub body_idle: Duration,
 }
 
 impl Settings {
@@ -60,6 +62,7 @@ impl Settings {
             upstream: config.upstream.clone(),
             upstream_host: HeaderValue::from_str(config.upstream.authority().as_str()).ok(),
             response_timeout: config.timeouts.response_header,
+            body_idle: config.timeouts.body_idle,
         }
     }
 }
@@ -240,7 +243,13 @@ impl Proxy {
         let sent = Instant::now();
         let request = Request::from_parts(parts, body);
         let authority = settings.upstream.authority();
-        let sent_upstream = upstream::send(&pool, authority, request, settings.response_timeout);
+        let sent_upstream = upstream::send(
+            &pool,
+            authority,
+            request,
+            settings.response_timeout,
+            settings.body_idle,
+        );
         let (mut response, lease) = match sent_upstream.await {
             Ok(sent) => sent,
             Err(SendError::Upstream(kind)) => return Ok(self.upstream_failed(kind, done)),
@@ -252,6 +261,21 @@ impl Proxy {
                     br#"{"error":"bad_request"}"#,
                     done,
                 ));
+            }
+            Err(SendError::ClientIdle) => {
+                self.metrics.client_body_timeouts.inc();
+                done.error = Some(Failure::ClientIdle);
+                let mut answer = local(
+                    StatusCode::REQUEST_TIMEOUT,
+                    br#"{"error":"request_timeout"}"#,
+                    done,
+                );
+                // The rest of the body will not be read: the connection
+                // cannot carry another request.
+                answer
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(answer);
             }
         };
         let took = sent.elapsed();

@@ -2,6 +2,7 @@
 //! deadline, and what its errors mean.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,15 +26,24 @@ enum BodyEnd {
     Complete,
     /// The client broke off.
     ClientError,
+    /// The client sent nothing for `body_idle`.
+    ClientIdle,
 }
 
 /// The client's request body on its way upstream, reporting when it ends so
 /// the response deadline can start then (an upload may take longer than
 /// `response_header`) and so a client abort is not blamed on the upstream.
+/// A client that sends nothing of it for `idle` is cut off.
 pub struct RequestBody {
     inner: Incoming,
     end: Option<oneshot::Sender<BodyEnd>>,
+    idle: Duration,
+    /// Armed while the client owes the next bytes.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// What a request body fails with on its way upstream.
+type BodyError = Box<dyn StdError + Send + Sync>;
 
 impl std::fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -41,26 +51,44 @@ impl std::fmt::Debug for RequestBody {
     }
 }
 
+impl RequestBody {
+    fn ended(&mut self, how: BodyEnd) {
+        if let Some(tx) = self.end.take() {
+            let _ = tx.send(how);
+        }
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        let end = match &frame {
-            None => Some(BodyEnd::Complete),
-            Some(Err(_)) => Some(BodyEnd::ClientError),
-            Some(Ok(_)) => None,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                let idle = this.idle;
+                let stalled = this
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                ready!(stalled.as_mut().poll(cx));
+                this.ended(BodyEnd::ClientIdle);
+                let timed_out = io::Error::new(io::ErrorKind::TimedOut, "request body idle");
+                return Poll::Ready(Some(Err(timed_out.into())));
+            }
         };
-        if let Some(end) = end
-            && let Some(tx) = self.end.take()
-        {
-            let _ = tx.send(end);
+        // Bytes came: the next wait starts afresh.
+        this.stalled = None;
+        match &frame {
+            None => this.ended(BodyEnd::Complete),
+            Some(Err(_)) => this.ended(BodyEnd::ClientError),
+            Some(Ok(_)) => {}
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|f| f.map_err(BodyError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -79,6 +107,8 @@ pub enum SendError {
     Upstream(UpstreamError),
     /// The client broke off its request body.
     ClientAborted,
+    /// The client sent nothing of its request body for `body_idle`.
+    ClientIdle,
 }
 
 /// Send a request and wait for the response head. The deadline starts once
@@ -89,6 +119,7 @@ pub async fn send(
     authority: &Authority,
     request: Request<Incoming>,
     deadline: Duration,
+    body_idle: Duration,
 ) -> Result<(Response<Incoming>, Lease), SendError> {
     let (parts, inner) = request.into_parts();
     let (end_tx, end_rx) = if inner.is_end_stream() {
@@ -99,7 +130,15 @@ pub async fn send(
     };
     let response = pool.send(
         authority,
-        Request::from_parts(parts, RequestBody { inner, end: end_tx }),
+        Request::from_parts(
+            parts,
+            RequestBody {
+                inner,
+                end: end_tx,
+                idle: body_idle,
+                stalled: None,
+            },
+        ),
     );
     tokio::pin!(response);
     let mut body_end = None;
@@ -120,10 +159,10 @@ fn classify(
     result: Result<(Response<Incoming>, Lease), PoolError>,
     end: Option<BodyEnd>,
 ) -> Result<(Response<Incoming>, Lease), SendError> {
-    result.map_err(|e| {
-        if end == Some(BodyEnd::ClientError) {
-            SendError::ClientAborted
-        } else {
+    result.map_err(|e| match end {
+        Some(BodyEnd::ClientError) => SendError::ClientAborted,
+        Some(BodyEnd::ClientIdle) => SendError::ClientIdle,
+        _ => {
             tracing::debug!(error = ?e, "upstream request failed");
             SendError::Upstream(error_kind(&e))
         }
