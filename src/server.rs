@@ -177,6 +177,10 @@ impl Server {
             .keep_alive_interval(Some(H2_PING_INTERVAL))
             .keep_alive_timeout(H2_PING_INTERVAL)
             .max_concurrent_streams(limits.h2_max_streams)
+            // Rapid reset (CVE-2023-44487): a client that cancels streams
+            // faster than they are served is sent away. Set here rather
+            // than left to h2's default, which could change under us.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         let serve = || Serve {
             proxy: proxy.clone(),
@@ -337,6 +341,10 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
         .await
         .map_err(|source| ServeError::Bind { what, addr, source })
 }
+
+/// Streams a client may open and reset before they are served, before
+/// its connection is closed (h2's own default).
+const H2_MAX_PENDING_RESETS: usize = 20;
 
 /// Refused connections being closed at once, at most: past it, a refused
 /// connection is dropped without its 503.

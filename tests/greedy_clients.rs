@@ -203,3 +203,53 @@ async fn a_stalled_request_body_gets_408_and_lets_go() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_rapid_reset_flood_is_cut_off() {
+    // The upstream counts what reaches it.
+    let reached = Arc::new(AtomicUsize::new(0));
+    let r = reached.clone();
+    let up = upstream(move |_req| {
+        let reached = r.clone();
+        async move {
+            reached.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            http::Response::new(full("ok"))
+        }
+    })
+    .await;
+    let usher = Usher::start(&config(&up, ""));
+
+    // Open a stream and cancel it at once, again and again (CVE-2023-44487).
+    let tcp = TcpStream::connect(usher.proxy).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut opened = 0;
+    for _ in 0..20_000 {
+        let request = Request::get(format!("http://{}/", usher.proxy))
+            .body(())
+            .unwrap();
+        client = match client.ready().await {
+            Ok(client) => client,
+            Err(_) => break,
+        };
+        match client.send_request(request, false) {
+            Ok((_response, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                opened += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // usher ends the connection long before the flood does (after a few
+    // hundred here), and little of it reaches the upstream.
+    let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(ended.is_ok(), "the connection was left open");
+    assert!(opened < 5_000, "{opened} streams opened and reset");
+    assert!(
+        reached.load(Ordering::SeqCst) <= 100,
+        "{reached:?} reached the upstream"
+    );
+    // And serves everyone else as before.
+    assert_eq!(get(&usher.url("/")).await.0, 200);
+}
