@@ -141,9 +141,13 @@ async fn invalid_credentials_get_no_trust_and_are_counted() {
         rest.rsplit_once('.').unwrap().0
     ) + ".";
     let tampered = format!("{head}.{}", rest.replacen('e', "f", 1));
+    let truncated = &good[..good.len() / 2];
+    let unsigned = good.rsplit_once('.').unwrap().0.to_owned() + ".";
     for token in [
         forged_alg.as_str(),
         tampered.as_str(),
+        truncated,
+        unsigned.as_str(),
         "not-a-jwt",
         // Over the verifier's 16 KiB, under the 32 KiB a request head
         // may have (past that, the request never gets this far: 431).
@@ -163,7 +167,7 @@ async fn invalid_credentials_get_no_trust_and_are_counted() {
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
-    assert_eq!(failed, 4.0, "{metrics}");
+    assert_eq!(failed, 6.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -45,6 +45,13 @@ async fn probes_are_refused_without_naming_the_rule() {
         "//.aws/credentials",
         "/phpmyadmin/",
         "/x?f=../../../etc/passwd",
+        // Path tricks: case, `;` parameters, encoded separators and dots.
+        "/.ENV",
+        "/x/..;/.env",
+        "/.git%2fconfig",
+        "/a/..%2f.env;jsessionid=1",
+        "/%2E%2E/%2e%65nv",
+        "/PhpMyAdmin/",
     ] {
         let (status, _, body) = ask(&usher, path, &BROWSER).await;
         assert_eq!(status, 403, "{path}");
@@ -64,7 +71,7 @@ async fn probes_are_refused_without_naming_the_rule() {
             &metrics,
             r#"usher_requests_total{action="deny",class="malicious_bot"}"#
         ),
-        Some(5.0)
+        Some(11.0)
     );
 }
 

@@ -305,6 +305,19 @@ pub fn load_all(globs: &[String], base: &Path) -> Result<Loaded, ConfigError> {
     loader.finish(base)
 }
 
+/// Compile one rule file's text, as if read from `name` in the folder
+/// `base` (where address lists it names are looked for): for fuzzing and
+/// tests, which need no file.
+pub fn load_text(text: &str, name: &str, base: &Path) -> Result<Loaded, ConfigError> {
+    let mut loader = Loader::default();
+    loader.text(Origin {
+        file: name.to_owned(),
+        dir: base.to_owned(),
+        text: Arc::from(text),
+    });
+    loader.finish(base)
+}
+
 /// The name a raw `[[rule]]` or `[[crawler]]` table gives itself, if any.
 fn raw_name(item: &Spanned<toml::de::DeValue<'_>>) -> String {
     raw_field(item, "name")
@@ -398,10 +411,14 @@ impl Loader {
     /// Load one file; a file that cannot be read or parsed is reported and
     /// skipped, and a broken table in it is reported and the rest loaded.
     fn file(&mut self, path: &Path) {
-        let origin = match read(path) {
-            Ok(origin) => origin,
-            Err(e) => return self.diagnostics.absorb(e),
-        };
+        match read(path) {
+            Ok(origin) => self.text(origin),
+            Err(e) => self.diagnostics.absorb(e),
+        }
+    }
+
+    /// Load one file's text.
+    fn text(&mut self, origin: Origin) {
         let text = Arc::clone(&origin.text);
         let root = match toml::de::DeTable::parse(&text) {
             Ok(root) => root.into_inner(),

@@ -183,6 +183,15 @@ mod tests {
     }
 
     #[test]
+    fn escapes_are_decoded_once_as_an_upstream_does() {
+        // Found by fuzzing (fuzz/ `path`): `%6%66` holds one escape, `%66`;
+        // decoded it leaves `%6f`, which is what an upstream that decodes
+        // once sees too, so rules see the same and no second pass runs.
+        assert_eq!(normalize("/+%6%66%").path, "/+%6f%");
+        assert_eq!(normalize("/%252e%252e/.env").path, "/%252e%252e/.env");
+    }
+
+    #[test]
     fn queries_decode_for_matching() {
         assert_eq!(
             decode_query("f=..%2f..%2fetc%2fpasswd").unwrap(),

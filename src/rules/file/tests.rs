@@ -1036,3 +1036,13 @@ fn a_huge_non_ascii_user_agent_is_matched_to_its_end() {
         .against(&rules);
     assert!(!reasons.iter().any(|r| r == "scanner-tools"), "{reasons:?}");
 }
+
+#[test]
+fn text_compiles_without_a_file_and_errors_name_its_line() {
+    let base = std::path::Path::new(".");
+    let ok = "[[rule]]\nname = \"env\"\nwhen.path_prefix = \"/.env\"\nclass = \"malicious_bot\"\n";
+    assert!(load_text(ok, "t.toml", base).is_ok());
+    let bad = "[[rule]]\nname = \"x\"\nwhen.path = \"(\"\nclass = \"malicious_bot\"\n";
+    let e = load_text(bad, "t.toml", base).unwrap_err().to_string();
+    assert!(e.contains("t.toml:3"), "{e}");
+}
