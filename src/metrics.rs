@@ -27,19 +27,22 @@ pub enum UpstreamError {
     Protocol,
     /// The response body broke off mid-stream.
     Body,
+    /// The response body paused past `timeouts.body_idle`.
+    BodyTimeout,
     /// Anything else.
     Other,
 }
 
 impl UpstreamError {
     /// Every kind, in a fixed order.
-    pub const ALL: [UpstreamError; 7] = [
+    pub const ALL: [UpstreamError; 8] = [
         UpstreamError::Refused,
         UpstreamError::ConnectTimeout,
         UpstreamError::ResponseTimeout,
         UpstreamError::Reset,
         UpstreamError::Protocol,
         UpstreamError::Body,
+        UpstreamError::BodyTimeout,
         UpstreamError::Other,
     ];
 
@@ -52,6 +55,7 @@ impl UpstreamError {
             UpstreamError::Reset => "reset",
             UpstreamError::Protocol => "protocol",
             UpstreamError::Body => "body",
+            UpstreamError::BodyTimeout => "body_timeout",
             UpstreamError::Other => "other",
         }
     }

@@ -91,8 +91,12 @@ impl Drop for Completion {
         let total = self.started.elapsed();
         let metrics = &self.proxy.metrics;
         metrics.observe_request(self.class, total);
-        if self.error == Some(Failure::Upstream(UpstreamError::Body)) {
-            metrics.count_upstream_error(UpstreamError::Body);
+        // Failures found while the body streamed (those before a response
+        // head are counted where they happen).
+        if let Some(Failure::Upstream(kind @ (UpstreamError::Body | UpstreamError::BodyTimeout))) =
+            self.error
+        {
+            metrics.count_upstream_error(kind);
         }
         if let Some(log) = self.log.take() {
             let Verdict {
@@ -131,12 +135,19 @@ enum Inner {
 }
 
 /// A response body that reports its request's completion, and hands its
-/// upstream connection back to the pool once read to the end.
+/// upstream connection back to the pool once read to the end. An upstream
+/// that pauses its body past `idle` is given up.
 pub struct ProxyBody {
     inner: Inner,
     done: Option<Completion>,
     lease: Option<Lease>,
+    idle: Duration,
+    /// Armed while the upstream owes the next bytes.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// What a response body fails with.
+type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl std::fmt::Debug for ProxyBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -145,11 +156,18 @@ impl std::fmt::Debug for ProxyBody {
 }
 
 impl ProxyBody {
-    pub(crate) fn upstream(body: Incoming, done: Completion, lease: Option<Lease>) -> Self {
+    pub(crate) fn upstream(
+        body: Incoming,
+        done: Completion,
+        lease: Option<Lease>,
+        idle: Duration,
+    ) -> Self {
         let mut body = ProxyBody {
             inner: Inner::Upstream(body),
             done: Some(done),
             lease,
+            idle,
+            stalled: None,
         };
         // A response without a body is over at once.
         body.release_if_ended();
@@ -170,21 +188,44 @@ impl ProxyBody {
             inner: Inner::Local(Some(Bytes::from_static(body))),
             done,
             lease: None,
+            idle: Duration::MAX,
+            stalled: None,
         }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let frame = match &mut this.inner {
-            Inner::Upstream(body) => ready!(Pin::new(body).poll_frame(cx)),
+            Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    // Bytes came: the next wait starts afresh.
+                    this.stalled = None;
+                    frame.map(|f| f.map_err(BodyError::from))
+                }
+                Poll::Pending => {
+                    let idle = this.idle;
+                    let stalled = this
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    ready!(stalled.as_mut().poll(cx));
+                    // Given up: the connection is dropped, not pooled.
+                    this.lease = None;
+                    if let Some(done) = &mut this.done {
+                        done.error = Some(Failure::Upstream(UpstreamError::BodyTimeout));
+                    }
+                    let idle =
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream body idle");
+                    return Poll::Ready(Some(Err(idle.into())));
+                }
+            },
             Inner::Local(data) => data.take().map(|d| Ok(Frame::data(d))),
         };
         match &frame {

@@ -305,7 +305,8 @@ impl Proxy {
         done.status = response.status().as_u16();
         self.metrics
             .observe_added(started.elapsed().saturating_sub(took));
-        Ok(response.map(|body| ProxyBody::upstream(body, done, lease)))
+        let idle = settings.body_idle;
+        Ok(response.map(|body| ProxyBody::upstream(body, done, lease, idle)))
     }
 
     fn upstream_failed(&self, kind: UpstreamError, mut done: Completion) -> Response<ProxyBody> {
