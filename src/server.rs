@@ -162,6 +162,9 @@ impl Server {
 
         let mut http = auto::Builder::new(TokioExecutor::new());
         let limits = &config.connections;
+        // hyper's buffer limit bounds a request head, and the response
+        // bytes queued for a slow client too (backpressure, not a cap on
+        // responses).
         http.http1()
             .writev(false)
             .timer(TokioTimer::new())
@@ -357,14 +360,12 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 32\r\nretry-after: 1\r\nconnection: close\r\n\r\n{\"error\":\"too_many_connections\"}";
 
 /// Answer a connection past `connections.max` with a 503 and close it,
-/// without ever waiting in the accept loop: the answer goes in one
-/// non-blocking write, then the connection lingers (reading and dropping
-/// what the client sent, so closing does not reset it before it reads the
-/// answer) for at most a second, a bounded number at a time.
+/// without ever waiting in the accept loop: a task of its own writes the
+/// answer, then lingers (reading and dropping what the client sent, so
+/// closing does not reset the connection before the client reads the
+/// answer), all within a second, a bounded number at a time. Past that
+/// bound the connection is simply closed.
 fn refuse(stream: TcpStream, lingering: &Arc<tokio::sync::Semaphore>) {
-    if stream.try_write(REFUSAL).is_err() {
-        return;
-    }
     let Ok(slot) = Arc::clone(lingering).try_acquire_owned() else {
         return;
     };
@@ -372,9 +373,11 @@ fn refuse(stream: TcpStream, lingering: &Arc<tokio::sync::Semaphore>) {
         let mut stream = stream;
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let _ = stream.shutdown().await;
+            stream.write_all(REFUSAL).await?;
+            stream.shutdown().await?;
             let mut sink = [0u8; 4096];
-            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            while stream.read(&mut sink).await? > 0 {}
+            Ok::<_, std::io::Error>(())
         })
         .await;
         drop(slot);

@@ -52,9 +52,13 @@ impl Serve {
         let (proxy, pool) = (self.proxy.clone(), self.pool.clone());
         let started = Arc::new(AtomicBool::new(false));
         let seen = started.clone();
+        // Held by the connection task and by any tunnel the connection
+        // becomes: an upgraded connection still counts against the max.
+        let admitted = Arc::new(admitted);
+        let place = admitted.clone();
         let service = service_fn(move |req| {
             seen.store(true, Ordering::Relaxed);
-            proxy.clone().handle(req, peer, pool.clone())
+            proxy.clone().handle(req, peer, pool.clone(), place.clone())
         });
         let conn = self
             .http

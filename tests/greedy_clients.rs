@@ -158,7 +158,7 @@ async fn an_http2_connection_gets_no_more_streams_than_allowed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_request_body_gets_408_and_lets_go() {
     let up = upstream(echo).await;
-    let usher = Usher::start(&config(&up, "[timeouts]\nbody_idle = \"400ms\""));
+    let usher = Usher::start(&config(&up, "[timeouts]\nbody_idle = \"1s\""));
 
     // A steady trickle, each pause under body_idle, is served.
     let mut steady = TcpStream::connect(usher.proxy).await.unwrap();
@@ -169,7 +169,7 @@ async fn a_stalled_request_body_gets_408_and_lets_go() {
         .await
         .unwrap();
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
         steady.write_all(&[b'x'; 10]).await.unwrap();
     }
     let (status_line, _, _) = raw_exchange_on(steady).await;
@@ -252,4 +252,52 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
     );
     // And serves everyone else as before.
     assert_eq!(get(&usher.url("/")).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_tunnel_keeps_its_place_among_the_connections() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    let usher = Usher::start(&format!(
+        "upstream = \"http://{addr}\"\n[connections]\nmax = 1"
+    ));
+    let stream = TcpStream::connect(usher.proxy).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{}/", usher.proxy), stream)
+        .await
+        .expect("websocket handshake through usher");
+    ws.send(Message::text("hello")).await.unwrap();
+    assert!(ws.next().await.is_some_and(|m| m.is_ok()));
+
+    // The tunnel holds the only place: another connection is refused.
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let (status_line, _, _) = raw_exchange(usher.proxy, request).await;
+    assert!(status_line.starts_with("HTTP/1.1 503"), "{status_line}");
+
+    // Closed, it gives the place back.
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status_line, _, _) = raw_exchange(usher.proxy, request).await;
+        if !status_line.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tunnel's place was kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

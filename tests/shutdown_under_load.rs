@@ -39,11 +39,12 @@ async fn sigterm_mid_load_loses_no_accepted_request() {
                                 other => seen.1.push(format!("{status}: {other:?}")),
                             }
                         }
-                        Err(_) => {
+                        Err(e) if e.is_connect() => {
                             // Refused once usher stopped accepting.
                             seen.2 += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
+                        Err(e) => seen.1.push(format!("{e:?}")),
                     }
                 }
                 seen

@@ -211,8 +211,9 @@ pub struct Timeouts {
     /// From sending a request to the upstream's response head.
     #[serde(deserialize_with = "duration::deserialize")]
     pub response_header: Duration,
-    /// The longest a client may pause while sending a request body.
-    #[serde(deserialize_with = "duration::deserialize")]
+    /// The longest a body may pause, either way: a client's request body
+    /// or the upstream's response body. Zero: no limit.
+    #[serde(deserialize_with = "duration::deserialize_allow_zero")]
     pub body_idle: Duration,
     /// How long an idle pooled upstream connection is kept.
     #[serde(deserialize_with = "duration::deserialize")]

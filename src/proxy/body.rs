@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::Proxy;
+use super::idle::IdleTimer;
 use super::pool::Lease;
 use crate::access_log::Record;
 use crate::metrics::{Failure, UpstreamError};
@@ -141,9 +142,7 @@ pub struct ProxyBody {
     inner: Inner,
     done: Option<Completion>,
     lease: Option<Lease>,
-    idle: Duration,
-    /// Armed while the upstream owes the next bytes.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: IdleTimer,
 }
 
 /// What a response body fails with.
@@ -166,8 +165,7 @@ impl ProxyBody {
             inner: Inner::Upstream(body),
             done: Some(done),
             lease,
-            idle,
-            stalled: None,
+            idle: IdleTimer::new(idle),
         };
         // A response without a body is over at once.
         body.release_if_ended();
@@ -188,8 +186,7 @@ impl ProxyBody {
             inner: Inner::Local(Some(Bytes::from_static(body))),
             done,
             lease: None,
-            idle: Duration::MAX,
-            stalled: None,
+            idle: IdleTimer::new(Duration::MAX),
         }
     }
 }
@@ -206,16 +203,11 @@ impl Body for ProxyBody {
         let frame = match &mut this.inner {
             Inner::Upstream(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    // Bytes came: the next wait starts afresh.
-                    this.stalled = None;
+                    this.idle.rest();
                     frame.map(|f| f.map_err(BodyError::from))
                 }
                 Poll::Pending => {
-                    let idle = this.idle;
-                    let stalled = this
-                        .stalled
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                    ready!(stalled.as_mut().poll(cx));
+                    ready!(this.idle.poll_expired(cx));
                     // Given up: the connection is dropped, not pooled.
                     this.lease = None;
                     if let Some(done) = &mut this.done {

@@ -5,6 +5,7 @@
 
 mod body;
 pub mod headers;
+mod idle;
 pub mod pool;
 pub mod upgrade;
 pub mod upstream;
@@ -48,7 +49,7 @@ pub struct Settings {
     upstream_host: Option<HeaderValue>,
     /// How long to wait for the upstream's response head.
     pub response_timeout: Duration,
-    /// How long a client may pause while sending a request body.
+    /// How long a body may pause, either way.
     pub body_idle: Duration,
 }
 
@@ -62,7 +63,11 @@ impl Settings {
             upstream: config.upstream.clone(),
             upstream_host: HeaderValue::from_str(config.upstream.authority().as_str()).ok(),
             response_timeout: config.timeouts.response_header,
-            body_idle: config.timeouts.body_idle,
+            // Zero turns the limit off.
+            body_idle: match config.timeouts.body_idle {
+                Duration::ZERO => Duration::MAX,
+                idle => idle,
+            },
         }
     }
 }
@@ -103,12 +108,15 @@ impl Proxy {
     }
 
     /// Serve one request from a client at `peer`, through the calling
-    /// worker's upstream pool.
+    /// worker's upstream pool. `place` is the client connection's place
+    /// among those `connections.max` allows: a protocol switch keeps it
+    /// for as long as the tunnel lasts.
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         pool: Arc<pool::Pool>,
+        place: Arc<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let started = Instant::now();
         let settings = self.settings.load_full();
@@ -295,7 +303,12 @@ impl Proxy {
                 return Ok(self.upstream_failed(UpstreamError::Protocol, done));
             };
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            upgrade::tunnel(client_upgrade, upstream_upgrade, self.metrics.clone());
+            upgrade::tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                self.metrics.clone(),
+                place,
+            );
         }
         // A connection that switched protocols is the tunnel's now.
         let lease = (!switching).then_some(lease);

@@ -9,9 +9,17 @@ use hyper_util::rt::TokioIo;
 
 use crate::metrics::Metrics;
 
-/// Join the client's and the upstream's upgraded connections in a task.
-pub fn tunnel(client: OnUpgrade, upstream: OnUpgrade, metrics: Arc<Metrics>) {
+/// Join the client's and the upstream's upgraded connections in a task,
+/// holding `place` (the client connection's place among those
+/// `connections.max` allows) until the tunnel closes.
+pub fn tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    metrics: Arc<Metrics>,
+    place: impl Send + 'static,
+) {
     tokio::spawn(async move {
+        let _place = place;
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -2,7 +2,6 @@
 //! deadline, and what its errors mean.
 
 use std::error::Error as StdError;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use super::idle::IdleTimer;
 use super::pool::{Lease, Pool, PoolError};
 use crate::metrics::UpstreamError;
 
@@ -37,9 +37,7 @@ enum BodyEnd {
 pub struct RequestBody {
     inner: Incoming,
     end: Option<oneshot::Sender<BodyEnd>>,
-    idle: Duration,
-    /// Armed while the client owes the next bytes.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: IdleTimer,
 }
 
 /// What a request body fails with on its way upstream.
@@ -71,18 +69,13 @@ impl Body for RequestBody {
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                let idle = this.idle;
-                let stalled = this
-                    .stalled
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                ready!(stalled.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 this.ended(BodyEnd::ClientIdle);
                 let timed_out = io::Error::new(io::ErrorKind::TimedOut, "request body idle");
                 return Poll::Ready(Some(Err(timed_out.into())));
             }
         };
-        // Bytes came: the next wait starts afresh.
-        this.stalled = None;
+        this.idle.rest();
         match &frame {
             None => this.ended(BodyEnd::Complete),
             Some(Err(_)) => this.ended(BodyEnd::ClientError),
@@ -135,8 +128,7 @@ pub async fn send(
             RequestBody {
                 inner,
                 end: end_tx,
-                idle: body_idle,
-                stalled: None,
+                idle: IdleTimer::new(body_idle),
             },
         ),
     );
