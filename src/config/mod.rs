@@ -2,6 +2,7 @@
 //! checked while it is deserialised, so each error names its key, file, line
 //! and column; unknown keys are errors.
 
+pub mod bounded_read;
 pub mod connections;
 mod diagnostic;
 mod duration;
@@ -315,9 +316,11 @@ impl StateConfig {
         let tls_ca = match &self.tls_ca {
             Some(path) => {
                 let path = base.join(path);
-                let pem = std::fs::read(&path).map_err(|e| ConfigError::Inconsistent {
-                    file: file.to_owned(),
-                    message: format!("state.tls_ca: cannot read {}: {e}", path.display()),
+                let pem = bounded_read::read(&path, MAX_KEY_FILE, "CA files").map_err(|e| {
+                    ConfigError::Inconsistent {
+                        file: file.to_owned(),
+                        message: format!("state.tls_ca: cannot read {}: {e}", path.display()),
+                    }
                 })?;
                 let not_pem = |why: &str| ConfigError::Inconsistent {
                     file: path.display().to_string(),
@@ -367,6 +370,12 @@ fn check_redis_url(url: &str) -> Result<(), String> {
         .map(drop)
         .map_err(|e| format!("not a Redis URL: {}", e.category()))
 }
+
+/// The largest key or CA file read (PEM, JWKS, HMAC secret).
+pub const MAX_KEY_FILE: u64 = 1 << 20;
+
+/// The largest API key file read (a hash and an owner per key).
+pub const MAX_API_KEYS_FILE: u64 = 32 << 20;
 
 /// The most nodes `state.cluster` may name.
 const MAX_CLUSTER_NODES: usize = 64;

@@ -176,15 +176,25 @@ pub fn family_name(family: AlgorithmFamily) -> &'static str {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, KeyError> {
-    std::fs::read(path).map_err(|source| KeyError::Read {
-        path: path.display().to_string(),
-        source,
-    })
+    crate::config::bounded_read::read(path, crate::config::MAX_KEY_FILE, "key files").map_err(
+        |source| KeyError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endless_key_file_is_an_error_not_a_hang() {
+        let e = secret_from_file(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key files may be at most 1 MiB"), "{e}");
+    }
 
     fn fixture(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -352,7 +352,12 @@ impl IdentityStage {
                     ))
                 })?;
                 let path = origin.dir.join(c.file.get_ref());
-                let text = std::fs::read_to_string(&path).map_err(|e| {
+                let text = crate::config::bounded_read::read_text(
+                    &path,
+                    crate::config::MAX_API_KEYS_FILE,
+                    "API key files",
+                )
+                .map_err(|e| {
                     at(format!(
                         "`identity.api_keys.file`: cannot read {}: {e}",
                         path.display()

@@ -22,6 +22,7 @@ use super::condition::{Comparison, Condition, IdentityKind, SignalName};
 use super::netset::NetSet;
 use super::screen::Screened;
 use super::{Effect, Mode, Rule, RuleSet};
+use crate::config::bounded_read;
 use crate::config::{
     ConfigError, Diagnostic, Diagnostics, OneOrMany, Origin, Severity, parse_toml_value,
 };
@@ -816,14 +817,7 @@ fn read(path: &Path) -> Result<Origin, ConfigError> {
         path: path.to_owned(),
         source,
     };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    if size > MAX_FILE {
-        return Err(ConfigError::Inconsistent {
-            file,
-            message: format!("rule files may be at most {} MiB", MAX_FILE >> 20),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(io)?;
+    let text = bounded_read::read_text(path, MAX_FILE, "rule files").map_err(io)?;
     Ok(Origin {
         file,
         dir: path.parent().unwrap_or(Path::new(".")).to_owned(),
@@ -1300,20 +1294,7 @@ const LIST_REPORTS: usize = 10;
 /// `span` is where the rule file names it. Bad lines are reported at
 /// their own line of the list; host bits set are cleared, with a warning.
 fn ip_list(path: &Path, span: Range<usize>, notes: &mut Notes<'_>) -> Result<Vec<Cidr>, Located> {
-    let size = std::fs::metadata(path)
-        .or_else(|e| at(span.clone(), format!("cannot read {}: {e}", path.display())))?
-        .len();
-    if size > MAX_LIST {
-        return at(
-            span,
-            format!(
-                "{}: address lists may be at most {} MiB",
-                path.display(),
-                MAX_LIST >> 20
-            ),
-        );
-    }
-    let text = std::fs::read_to_string(path)
+    let text = bounded_read::read_text(path, MAX_LIST, "address lists")
         .or_else(|e| at(span, format!("cannot read {}: {e}", path.display())))?;
     let list = Origin {
         file: path.display().to_string(),

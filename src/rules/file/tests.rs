@@ -1046,3 +1046,12 @@ fn text_compiles_without_a_file_and_errors_name_its_line() {
     let e = load_text(bad, "t.toml", base).unwrap_err().to_string();
     assert!(e.contains("t.toml:3"), "{e}");
 }
+
+#[test]
+fn an_endless_address_list_is_an_error_not_a_hang() {
+    let base = std::path::Path::new("/");
+    let rule = "[[rule]]\nname = \"x\"\nwhen.ip_file = \"/dev/zero\"\nclass = \"malicious_bot\"\n";
+    let e = load_text(rule, "t.toml", base).unwrap_err().to_string();
+    assert!(e.contains("address lists may be at most 16 MiB"), "{e}");
+    assert!(e.contains("t.toml:3"), "{e}");
+}
