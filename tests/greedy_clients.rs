@@ -301,3 +301,35 @@ async fn a_websocket_tunnel_keeps_its_place_among_the_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_http2_header_list_never_reaches_the_upstream() {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let up = upstream(move |_req| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async { http::Response::new(full("ok")) }
+    })
+    .await;
+    let usher = Usher::start(&config(&up, "[connections]\nmax_header_bytes = 8192"));
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<TestBody>();
+    // Settle the connection first, so both sides know the limits.
+    let first = h2.request(Request::get(usher.url("/")).body(full("")).unwrap());
+    assert_eq!(first.await.expect("a small request").status(), 200);
+    let big = Request::get(usher.url("/big"))
+        .header("x-long", "a".repeat(20_000))
+        .body(full(""))
+        .unwrap();
+    // Answered 431, or refused as a stream or connection error.
+    if let Ok(response) = h2.request(big).await {
+        assert_eq!(response.status(), 431);
+    }
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "only the small one went up"
+    );
+    assert_eq!(get(&usher.url("/")).await.0, 200, "still serving");
+}
