@@ -78,17 +78,7 @@ async fn connections_past_the_maximum_get_503_and_are_closed() {
     let _second = open_connection(&usher).await;
 
     // The third is answered at once and closed.
-    let mut third = TcpStream::connect(usher.proxy).await.unwrap();
-    third
-        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), third.read_to_end(&mut answer))
-        .await
-        .expect("closed in time")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = raw_until_closed(usher.proxy, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("retry-after: 1"), "{answer}");
     assert!(
@@ -104,14 +94,9 @@ async fn connections_past_the_maximum_get_503_and_are_closed() {
 
     // One goes: there is room again.
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sample(&usher.metrics().await, "usher_connections_active") != Some(1.0) {
-        assert!(
-            Instant::now() < deadline,
-            "the closed connection was not let go"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    usher
+        .wait_for_metric("usher_connections_active", |v| v == 1.0)
+        .await;
     let _again = open_connection(&usher).await;
 }
 
@@ -176,17 +161,8 @@ async fn a_stalled_request_body_gets_408_and_lets_go() {
     assert!(status_line.starts_with("HTTP/1.1 200"), "{status_line}");
 
     // Ten bytes of a hundred, then nothing: 408, and the connection goes.
-    let mut stalled = TcpStream::connect(usher.proxy).await.unwrap();
-    stalled
-        .write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut answer))
-        .await
-        .expect("answered and closed")
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    let stalled = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789";
+    let answer = raw_until_closed(usher.proxy, stalled).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
     let log = usher.wait_access_log(2).await;
@@ -197,11 +173,9 @@ async fn a_stalled_request_body_gets_408_and_lets_go() {
         sample(&metrics, "usher_client_body_timeouts_total"),
         Some(1.0)
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sample(&usher.metrics().await, "usher_connections_active") != Some(0.0) {
-        assert!(Instant::now() < deadline, "a connection was kept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    usher
+        .wait_for_metric("usher_connections_active", |v| v == 0.0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -258,22 +232,7 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
 async fn a_websocket_tunnel_keeps_its_place_among_the_connections() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() {
-                        let _ = ws.send(msg).await;
-                    }
-                }
-            });
-        }
-    });
+    let addr = websocket_echo().await;
     let usher = Usher::start(&format!(
         "upstream = \"http://{addr}\"\n[connections]\nmax = 1"
     ));

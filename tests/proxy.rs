@@ -302,22 +302,7 @@ async fn upstream_resetting_mid_request_is_502() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_echo_through_the_proxy() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        let _ = ws.send(msg).await;
-                    }
-                }
-            });
-        }
-    });
+    let addr = websocket_echo().await;
     let usher = Usher::start(&format!("upstream = \"http://{addr}\""));
     let stream = tokio::net::TcpStream::connect(usher.proxy).await.unwrap();
     let (mut ws, response) =

@@ -342,7 +342,8 @@ async fn redis_down_at_start_or_lost_mid_run_costs_no_request() {
     let a = replica(&up.url(), &format!("redis://127.0.0.1:{port}/"), &rules);
     let (status, _) = request(&a, "198.51.100.10", "/").await;
     assert_eq!(status, 200);
-    wait_for_metric(&a, "usher_state_backend_up", |v| v == 0.0).await;
+    a.wait_for_metric("usher_state_backend_up", |v| v == 0.0)
+        .await;
 
     // Redis comes: syncing starts.
     let redis = Redis::start_on(port);
@@ -410,17 +411,6 @@ async fn wait_serving(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     None
-}
-
-async fn wait_for_metric(usher: &Usher, name: &str, holds: impl Fn(f64) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if sample(&usher.metrics().await, name).is_some_and(&holds) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{name} never held");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,12 +524,14 @@ async fn redis_lost_while_idle_shows_in_the_metrics() {
     let a = replica(&up.url(), &redis.url(), &rules);
     let (status, _) = request(&a, "198.51.100.40", "/").await;
     assert_eq!(status, 200);
-    wait_for_metric(&a, "usher_state_backend_up", |v| v == 1.0).await;
+    a.wait_for_metric("usher_state_backend_up", |v| v == 1.0)
+        .await;
     // No traffic from here on (and every note flushed): only the idle
     // check can notice.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(redis);
-    wait_for_metric(&a, "usher_state_backend_up", |v| v == 0.0).await;
+    a.wait_for_metric("usher_state_backend_up", |v| v == 0.0)
+        .await;
 }
 
 /// A Redis Cluster of three primaries, each holding a third of the slots,
@@ -744,7 +736,9 @@ async fn replicas_share_over_tls_with_their_own_ca() {
     let doubting = replica_of(&up.url(), &format!("url = \"{url}\""), &rules);
     let (status, _) = request(&doubting, "198.51.100.8", "/").await;
     assert_eq!(status, 200);
-    wait_for_metric(&doubting, "usher_state_backend_up", |v| v == 0.0).await;
+    doubting
+        .wait_for_metric("usher_state_backend_up", |v| v == 0.0)
+        .await;
     let (status, _) = request(&doubting, "198.51.100.8", "/").await;
     assert_eq!(status, 200);
 }

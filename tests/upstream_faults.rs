@@ -6,11 +6,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// A raw upstream that reads each request head and answers `answer`, then
 /// either hangs on (`hang`) or hangs up.
@@ -33,31 +33,20 @@ async fn raw_upstream(answer: &'static [u8], hang: bool) -> SocketAddr {
 }
 
 /// What a client gets for `GET /`: the raw answer up to when usher closes
-/// or errs.
-async fn ask(usher: &Usher) -> Vec<u8> {
-    let mut s = TcpStream::connect(usher.proxy).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break,
-            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no end in time: {:?}", String::from_utf8_lossy(&answer)),
-        }
-    }
-    answer
+/// or resets the connection.
+async fn ask(usher: &Usher) -> String {
+    raw_until_closed(
+        usher.proxy,
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
 }
 
 /// Wait until no client connection is open.
 async fn all_let_go(usher: &Usher) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while sample(&usher.metrics().await, "usher_connections_active") != Some(0.0) {
-        assert!(Instant::now() < deadline, "a client connection was kept");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    usher
+        .wait_for_metric("usher_connections_active", |v| v == 0.0)
+        .await;
 }
 
 fn errors(metrics: &str, kind: &str) -> Option<f64> {
@@ -72,7 +61,7 @@ async fn a_malformed_response_is_502_protocol() {
     let up = raw_upstream(b"HTTP/1.1 2x0 NOT A STATUS\r\n\r\n", false).await;
     let usher = Usher::start(&format!("upstream = \"http://{up}\""));
     let answer = ask(&usher).await;
-    assert!(answer.starts_with(b"HTTP/1.1 502"), "{answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert_eq!(errors(&usher.metrics().await, "protocol"), Some(1.0));
     all_let_go(&usher).await;
 }
@@ -87,8 +76,8 @@ async fn a_response_cut_off_mid_body_is_cut_off_for_the_client_too() {
     .await;
     let usher = Usher::start(&format!("upstream = \"http://{up}\""));
     let answer = ask(&usher).await;
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
-    let body = &answer[answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
     assert!(body.len() < 100, "the client must not get a whole body");
     let log = usher.wait_access_log(1).await;
     assert_eq!(log[0]["error"], "body", "{log:?}");
@@ -108,7 +97,7 @@ async fn a_response_body_that_stalls_is_given_up_after_body_idle() {
         "upstream = \"http://{up}\"\n[timeouts]\nbody_idle = \"300ms\""
     ));
     let answer = ask(&usher).await;
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let log = usher.wait_access_log(1).await;
     assert_eq!(log[0]["error"], "body_timeout", "{log:?}");
     assert_eq!(errors(&usher.metrics().await, "body_timeout"), Some(1.0));

@@ -383,6 +383,58 @@ impl Usher {
         assert_eq!(status, 200);
         String::from_utf8(body.to_vec()).unwrap()
     }
+
+    /// Wait (at most 10 s) until the metric `name` holds.
+    pub async fn wait_for_metric(&self, name: &str, holds: impl Fn(f64) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if sample(&self.metrics().await, name).is_some_and(&holds) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{name} never held");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A WebSocket upstream that echoes every text and binary message.
+pub async fn websocket_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Send raw bytes on a new connection to `addr` and read all that comes
+/// back until the server closes or resets it (within 10 s), as text.
+pub async fn raw_until_closed(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no end in time: {:?}", String::from_utf8_lossy(&answer)),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 impl Drop for Usher {
