@@ -34,53 +34,7 @@ else
 fi
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
-for tool in wrk nginx; do
-    command -v "$tool" >/dev/null || { echo "memory.sh: $tool not found" >&2; exit 2; }
-done
-cargo build --release --locked --quiet
-usher_bin=${CARGO_TARGET_DIR:-target}/release/usher
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(port); proxy=$(port); admin=$(port)
-
-cat >"$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$up;
-        location / { return 200 "ok\n"; }
-    }
-}
-NGINX
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
-
-cat >"$work/usher.toml" <<TOML
-upstream = "http://127.0.0.1:$up"
-listen = "127.0.0.1:$proxy"
-admin = "127.0.0.1:$admin"
-trusted_proxies = ["127.0.0.1"]
-access_log = "off"
-rules = ["$PWD/rules/*.toml"]
-[state]
-capacity = $CAPACITY
-TOML
-"$usher_bin" serve --config "$work/usher.toml" 2>"$work/usher.err" &
-usher=$!
-pids+=($usher)
+. benches/serve.sh
 
 cat >"$work/clients.lua" <<'LUA'
 local next_id = 0
@@ -103,7 +57,6 @@ function request()
 end
 LUA
 
-metric() { curl -sf "http://127.0.0.1:$admin/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$usher/status"; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$usher/stat"; }
 requests() {
@@ -111,7 +64,6 @@ requests() {
         awk '/^usher_requests_total/ { n += $2 } END { printf "%d\n", n }'
 }
 
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.2; done
 curl -sf "http://127.0.0.1:$proxy/" >/dev/null
 rss0=$(rss_kib)
 ticks0=$(cpu_ticks)

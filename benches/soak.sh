@@ -27,59 +27,8 @@ DURATION=${DURATION:-300}
 INTERVAL=${INTERVAL:-5}
 CAPACITY=${CAPACITY:-100000}
 CONNECTIONS=${CONNECTIONS:-32}
-for tool in wrk nginx curl; do
-    command -v "$tool" >/dev/null || { echo "soak.sh: $tool not found" >&2; exit 2; }
-done
 [ "$DURATION" -ge $((3 * INTERVAL)) ] || { echo "soak.sh: DURATION must be at least 3 INTERVALs" >&2; exit 2; }
-cargo build --release --locked --quiet
-usher_bin=${CARGO_TARGET_DIR:-target}/release/usher
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(port); proxy=$(port); admin=$(port)
-
-cat >"$work/nginx.conf" <<NGINX
-daemon off;
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    server {
-        listen 127.0.0.1:$up;
-        location / { return 200 "ok\n"; }
-    }
-}
-NGINX
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
-
-cat >"$work/usher.toml" <<TOML
-upstream = "http://127.0.0.1:$up"
-listen = "127.0.0.1:$proxy"
-admin = "127.0.0.1:$admin"
-trusted_proxies = ["127.0.0.1"]
-access_log = "off"
-rules = ["$PWD/rules/*.toml"]
-[state]
-capacity = $CAPACITY
-TOML
-"$usher_bin" serve --config "$work/usher.toml" 2>"$work/usher.err" &
-usher=$!
-pids+=("$usher")
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break
-    sleep 0.1
-done
-curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null || { cat "$work/usher.err" >&2; exit 1; }
+. benches/serve.sh
 
 cat >"$work/soak.lua" <<'LUA'
 local counter = 0
@@ -123,7 +72,6 @@ wrk -t2 -c"$CONNECTIONS" -d"${DURATION}s" -s "$work/soak.lua" "http://127.0.0.1:
 wrk_pid=$!
 pids+=("$wrk_pid")
 
-metric() { curl -fs "http://127.0.0.1:$admin/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
 # The last sample comes an interval before wrk stops.
 samples=$((DURATION / INTERVAL - 1))
 printf '%6s %10s %6s %8s %10s %12s\n' second rss_kib fds conns tracked evictions

@@ -1232,18 +1232,23 @@ mod tests {
         super::super::overlap(events, now, window)
     }
 
-    #[test]
-    fn notes_merge_per_client_and_stay_bounded() {
-        let shared = Shared::new(
+    /// Shared state that never syncs (nothing listens on its port).
+    fn unsynced(key_prefix: &str) -> Shared {
+        Shared::new(
             SharedConfig {
                 servers: Servers::One("redis://127.0.0.1:1".into()),
                 tls_ca: None,
-                key_prefix: "t:".into(),
+                key_prefix: key_prefix.into(),
                 sync_interval: Duration::from_millis(100),
                 verdict_ttl: Duration::from_secs(60),
             },
             1000,
-        );
+        )
+    }
+
+    #[test]
+    fn notes_merge_per_client_and_stay_bounded() {
+        let shared = unsynced("t:");
         let a = ClientKey::of("192.0.2.1".parse().unwrap());
         shared.note_request(a, false);
         shared.note_request(a, true);
@@ -1269,16 +1274,7 @@ mod tests {
 
     #[test]
     fn a_client_has_one_key_in_one_cluster_slot() {
-        let shared = Shared::new(
-            SharedConfig {
-                servers: Servers::One("redis://127.0.0.1:1".into()),
-                tls_ca: None,
-                key_prefix: "usher:".into(),
-                sync_interval: Duration::from_millis(100),
-                verdict_ttl: Duration::from_secs(60),
-            },
-            1000,
-        );
+        let shared = unsynced("usher:");
         let key = ClientKey::of("192.0.2.1".parse().unwrap());
         assert_eq!(
             shared.client_key(key),
