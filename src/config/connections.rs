@@ -39,7 +39,7 @@ impl Default for Connections {
 }
 
 /// A whole number within a range, or an error naming the range.
-fn within<'de, D, T>(d: D, low: T, high: T, what: &str) -> Result<T, D::Error>
+pub(super) fn within<'de, D, T>(d: D, low: T, high: T, what: &str) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de> + PartialOrd + std::fmt::Display + Copy,

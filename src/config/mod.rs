@@ -498,13 +498,7 @@ fn dns_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Er
 }
 
 fn capacity<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
-    let n = usize::deserialize(d)?;
-    if !(1_000..=100_000_000).contains(&n) {
-        return Err(serde::de::Error::custom(
-            "capacity must be between 1000 and 100000000 clients",
-        ));
-    }
-    Ok(n)
+    connections::within(d, 1_000, 100_000_000, "capacity (clients)")
 }
 
 impl Config {
