@@ -1,44 +1,13 @@
 //! A whole request head through the classifier: target, cookies, bearer
 //! tokens (verified against an HMAC issuer), API keys, user agent and any
-//! other headers, as a client sends them. Never a panic, and a credential
-//! that was not signed with the issuer's secret never earns trust.
+//! other headers, as a client sends them. Never a panic; a credential
+//! that was not signed with the issuer's secret, or a crawler's user agent
+//! from an address that is not the crawler's, never earns trust.
 #![no_main]
-
-use std::net::IpAddr;
-use std::sync::OnceLock;
-use std::time::SystemTime;
 
 use http::{HeaderName, HeaderValue, Request};
 use libfuzzer_sys::fuzz_target;
-use usher::classify::Classifier;
-use usher::config::Config;
-use usher::facts::Facts;
 use usher::verdict::Class;
-
-fn classifier() -> &'static Classifier {
-    static CLASSIFIER: OnceLock<Classifier> = OnceLock::new();
-    CLASSIFIER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("usher-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a folder");
-        std::fs::write(dir.join("secret"), "a secret the fuzzer never learns").expect("a file");
-        let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/../rules/*.toml");
-        let text = format!(
-            r#"upstream = "http://127.0.0.1:9"
-rules = ["{rules}"]
-[[identity.jwt]]
-issuer = "https://auth.example/"
-audience = ["web"]
-algorithms = ["HS256"]
-secret_file = "{}"
-cookie = "token"
-paying = {{ claim = "plan", any_of = ["pro"] }}
-"#,
-            dir.join("secret").display()
-        );
-        let config = Config::parse(&text, "fuzz.toml").expect("the fuzz config");
-        Classifier::from_config(&config).expect("the fuzz classifier")
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     // Lines: the first is the target, the rest `name: value` headers.
@@ -64,13 +33,12 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (parts, ()) = request.into_parts();
-    let client: IpAddr = "192.0.2.7".parse().expect("an address");
-    let facts = Facts::new(&parts, client, client, SystemTime::now());
-    let verdict = classifier().classify(&facts).verdict;
-    // Without the secret, no token verifies: no subject, no trust.
+    let verdict = usher_fuzz::classify(&parts);
+    // Without the secret no token verifies, and from 192.0.2.7 no crawler
+    // is confirmed: no subject, no trust, whatever the user agent says.
     assert!(verdict.subject.is_none(), "{verdict:?}");
     assert!(
-        !matches!(verdict.class, Class::RegisteredUser | Class::PayingCustomer),
+        matches!(verdict.class, Class::PublicVisitor | Class::MaliciousBot),
         "{verdict:?}"
     );
 });
