@@ -75,7 +75,8 @@ impl UpstreamError {
 pub enum Failure {
     /// The upstream failed.
     Upstream(UpstreamError),
-    /// The client's request body broke off before it was sent upstream.
+    /// The client's request body broke off before all of it was sent
+    /// upstream.
     ClientAborted,
     /// The client paused its request body past `timeouts.body_idle`.
     ClientIdle,

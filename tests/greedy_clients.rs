@@ -179,6 +179,53 @@ async fn a_stalled_request_body_gets_408_and_lets_go() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_body_stalled_after_an_early_answer_is_the_clients_fault() {
+    // The upstream answers at once, without reading the upload, and
+    // trickles its own body, each pause well under body_idle.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                for _ in 0..100 {
+                    if s.write_all(b"1\r\nx\r\n").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    });
+    let usher = Usher::start(&format!(
+        "upstream = \"http://{up}\"\n[timeouts]\nbody_idle = \"500ms\""
+    ));
+    // Ten bytes of a hundred, then nothing.
+    let stalled = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789";
+    let answer = raw_until_closed(usher.proxy, stalled).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let log = usher.wait_access_log(1).await;
+    assert_eq!(log[0]["error"], "client_idle", "{log:?}");
+    let metrics = usher.metrics().await;
+    assert_eq!(
+        sample(&metrics, "usher_client_body_timeouts_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&metrics, r#"usher_upstream_errors_total{kind="body"}"#),
+        Some(0.0),
+        "the upstream did nothing wrong"
+    );
+    usher
+        .wait_for_metric("usher_connections_active", |v| v == 0.0)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_http2_rapid_reset_flood_is_cut_off() {
     // The upstream counts what reaches it.
     let reached = Arc::new(AtomicUsize::new(0));

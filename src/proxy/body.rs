@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::Proxy;
 use super::idle::IdleTimer;
 use super::pool::Lease;
+use super::upstream::{RequestEnd, SendError};
 use crate::access_log::Record;
 use crate::metrics::{Failure, UpstreamError};
 use crate::verdict::{Class, Verdict};
@@ -137,11 +138,13 @@ enum Inner {
 
 /// A response body that reports its request's completion, and hands its
 /// upstream connection back to the pool once read to the end. An upstream
-/// that pauses its body past `idle` is given up.
+/// that pauses its body past `idle` is given up. When it breaks while the
+/// request body is still on its way, the client may be why.
 pub struct ProxyBody {
     inner: Inner,
     done: Option<Completion>,
     lease: Option<Lease>,
+    request_end: RequestEnd,
     idle: IdleTimer,
 }
 
@@ -159,12 +162,14 @@ impl ProxyBody {
         body: Incoming,
         done: Completion,
         lease: Option<Lease>,
+        request_end: RequestEnd,
         idle: Duration,
     ) -> Self {
         let mut body = ProxyBody {
             inner: Inner::Upstream(body),
             done: Some(done),
             lease,
+            request_end,
             idle: IdleTimer::new(idle),
         };
         // A response without a body is over at once.
@@ -186,6 +191,7 @@ impl ProxyBody {
             inner: Inner::Local(Some(Bytes::from_static(body))),
             done,
             lease: None,
+            request_end: RequestEnd::default(),
             idle: IdleTimer::new(Duration::MAX),
         }
     }
@@ -231,7 +237,17 @@ impl Body for ProxyBody {
                 // The connection is broken: dropped, not pooled.
                 this.lease = None;
                 if let Some(done) = &mut this.done {
-                    done.error = Some(Failure::Upstream(UpstreamError::Body));
+                    done.error = Some(match this.request_end.client_fault() {
+                        Some(SendError::ClientIdle) => {
+                            done.proxy.metrics.client_body_timeouts.inc();
+                            Failure::ClientIdle
+                        }
+                        Some(_) => {
+                            done.proxy.metrics.client_aborts.inc();
+                            Failure::ClientAborted
+                        }
+                        None => Failure::Upstream(UpstreamError::Body),
+                    });
                 }
             }
             Some(Ok(_)) => this.release_if_ended(),

@@ -258,7 +258,7 @@ impl Proxy {
             settings.response_timeout,
             settings.body_idle,
         );
-        let (mut response, lease) = match sent_upstream.await {
+        let (mut response, lease, request_end) = match sent_upstream.await {
             Ok(sent) => sent,
             Err(SendError::Upstream(kind)) => return Ok(self.upstream_failed(kind, done)),
             Err(SendError::ClientAborted) => {
@@ -319,7 +319,7 @@ impl Proxy {
         self.metrics
             .observe_added(started.elapsed().saturating_sub(took));
         let idle = settings.body_idle;
-        Ok(response.map(|body| ProxyBody::upstream(body, done, lease, idle)))
+        Ok(response.map(|body| ProxyBody::upstream(body, done, lease, request_end, idle)))
     }
 
     fn upstream_failed(&self, kind: UpstreamError, mut done: Completion) -> Response<ProxyBody> {

@@ -93,6 +93,23 @@ impl Body for RequestBody {
     }
 }
 
+/// Word of how the request body ends, kept by a response that came back
+/// before it did: if the response body then breaks, this says whether the
+/// client broke it.
+#[derive(Debug, Default)]
+pub struct RequestEnd(Option<oneshot::Receiver<BodyEnd>>);
+
+impl RequestEnd {
+    /// The client's fault, if its request body was cut off or went idle.
+    pub fn client_fault(&mut self) -> Option<SendError> {
+        match self.0.as_mut()?.try_recv().ok()? {
+            BodyEnd::ClientError => Some(SendError::ClientAborted),
+            BodyEnd::ClientIdle => Some(SendError::ClientIdle),
+            BodyEnd::Complete => None,
+        }
+    }
+}
+
 /// Why no response came back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendError {
@@ -106,14 +123,15 @@ pub enum SendError {
 
 /// Send a request and wait for the response head. The deadline starts once
 /// the request body has been read to its end (at once for bodiless
-/// requests), and not at all while a response arrives before that.
+/// requests), and not at all while a response arrives before that; such a
+/// response keeps word of how the body ends.
 pub async fn send(
     pool: &Arc<Pool>,
     authority: &Authority,
     request: Request<Incoming>,
     deadline: Duration,
     body_idle: Duration,
-) -> Result<(Response<Incoming>, Lease), SendError> {
+) -> Result<(Response<Incoming>, Lease, RequestEnd), SendError> {
     let (parts, inner) = request.into_parts();
     let (end_tx, end_rx) = if inner.is_end_stream() {
         (None, None)
@@ -137,12 +155,19 @@ pub async fn send(
     if let Some(mut end_rx) = end_rx {
         tokio::select! {
             biased;
-            result = &mut response => return classify(result, end_rx.try_recv().ok()),
+            result = &mut response => {
+                let end = end_rx.try_recv().ok();
+                let (response, lease) = classify(result, end)?;
+                return Ok((response, lease, RequestEnd(end.is_none().then_some(end_rx))));
+            }
             ended = &mut end_rx => body_end = ended.ok(),
         }
     }
     match tokio::time::timeout(deadline, &mut response).await {
-        Ok(result) => classify(result, body_end),
+        Ok(result) => {
+            let (response, lease) = classify(result, body_end)?;
+            Ok((response, lease, RequestEnd::default()))
+        }
         Err(_) => Err(SendError::Upstream(UpstreamError::ResponseTimeout)),
     }
 }
