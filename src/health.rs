@@ -18,7 +18,7 @@ pub struct HealthArgs {
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Admin address to ask, overriding the config's [default: 127.0.0.1:9090].
-    /// An unspecified address (0.0.0.0, [::]) is asked on loopback.
+    /// An unspecified address (`0.0.0.0`, `[::]`) is asked on loopback.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<SocketAddr>,
     /// Ask /readyz (ready for traffic, not draining) instead of /healthz.

@@ -3,7 +3,7 @@
 //! order and compiled once. Every error names its file, line and column,
 //! and the rule; loading goes on past a broken rule, crawler or file so
 //! that all errors are reported at once, with warnings about rules that
-//! are valid but cannot do what they seem to (see [`Analysis`]).
+//! are valid but cannot do what they seem to (see `Analysis`).
 
 use std::collections::HashMap;
 use std::ops::Range;
